@@ -1,0 +1,1455 @@
+//! The ChatServer actor: the one place per node that decides who may do what,
+//! who is assigned, and who receives which frame. It never waits on I/O: every
+//! durable change is submitted to the store and finished when the store's
+//! completion arrives (in submission order), and every frame is serialized
+//! once and shared by its recipients.
+
+use super::messages::*;
+use super::state::*;
+use crate::auth::new_id;
+use crate::config::Config;
+use crate::error::{ApiError, StoreError};
+use crate::protocol::{
+    self, char_len, close, error_frame, now_ms, Availability, ConvStatus, Conversation, Encoded, HistoryBody, Message,
+    MsgKind, Open, Out, Presence, Request, Role, Transfer, User, MAX_CLIENT_ID_CHARS, MAX_COMMENT_CHARS,
+    SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT,
+};
+use crate::session::JamSwitch;
+use crate::store::{AgentRow, Completion, ConvRow, NewMessage, Store, WriteOp, WriteOutcome};
+use actix::dev::SendError;
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, Recipient, StreamHandler, WrapFuture,
+};
+use serde_json::json;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Bound of the ChatServer's own mailbox; a session whose request does not fit
+/// gets `unavailable` (see session::ws).
+pub const SERVER_MAILBOX: usize = 65_536;
+/// Writes submitted and not yet committed before new ones are refused with `unavailable`.
+const MAX_PENDING_WRITES: usize = 200_000;
+/// Closed conversations kept in memory for quick access (oldest evicted first).
+const CLOSED_CACHE: usize = 10_000;
+/// How long a jammed connection may take to read its 4008 close frame before
+/// its socket is shut down.
+const JAM_FORCE_AFTER: Duration = Duration::from_secs(2);
+
+struct Sess {
+    user: User,
+    outbox: Recipient<Outbound>,
+    queued: Arc<AtomicUsize>,
+    jam: Option<Arc<JamSwitch>>,
+    rooms: HashSet<String>,
+}
+
+#[derive(Default)]
+struct Customer {
+    sessions: HashSet<u64>,
+    /// Non-closed conversations.
+    open: Vec<String>,
+}
+
+/// Who receives the direct reply to a request.
+enum ReplyTo {
+    Session { sid: u64, r#ref: Option<String> },
+    HttpSend(tokio::sync::oneshot::Sender<Result<Message, ApiError>>),
+    None,
+}
+
+/// What to do when a submitted write completes.
+enum Pending {
+    Open { reply: ReplyTo, conv: String },
+    Send { reply: ReplyTo, exclude: Option<u64> },
+    Change { reply: ReplyTo, conv: String, undo: ConvCore, also: Option<String> },
+    Rate { reply: ReplyTo, conv: String },
+    Read { conv: String, from: User, seq: u64 },
+}
+
+/// The caller of a request, for permission checks.
+struct Who {
+    user: User,
+    /// The WebSocket session, if any (HTTP callers have none).
+    sid: Option<u64>,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+enum Access {
+    Customer,
+    Assignee,
+    RoomAgent,
+}
+
+pub struct ChatServer {
+    cfg: Arc<Config>,
+    store: Arc<dyn Store>,
+    sessions: HashMap<u64, Sess>,
+    convs: HashMap<String, Conv>,
+    closed_lru: VecDeque<String>,
+    rooms: HashMap<String, Room>,
+    agents: HashMap<String, AgentState>,
+    customers: HashMap<String, Customer>,
+    pending: HashMap<u64, Pending>,
+    next_token: u64,
+    tick: u64,
+    completions: Option<UnboundedReceiver<Vec<Completion>>>,
+    // Work left for `finish`:
+    jammed: Vec<u64>,
+    assign_rooms: HashSet<String>,
+    position_rooms: HashSet<String>,
+    presence_agents: HashSet<String>,
+}
+
+impl ChatServer {
+    /// Builds the node's state from what the store holds: every non-closed
+    /// conversation, and every agent account.
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Arc<dyn Store>,
+        open: Vec<ConvRow>,
+        agents: Vec<AgentRow>,
+        completions: UnboundedReceiver<Vec<Completion>>,
+    ) -> ChatServer {
+        let mut rooms: HashMap<String, Room> = cfg
+            .rooms
+            .iter()
+            .map(|r| (r.clone(), Room { manual: cfg.manual_rooms.contains(r), ..Default::default() }))
+            .collect();
+        let mut srv = ChatServer {
+            cfg: cfg.clone(),
+            store,
+            sessions: HashMap::new(),
+            convs: HashMap::new(),
+            closed_lru: VecDeque::new(),
+            rooms: HashMap::new(),
+            agents: HashMap::new(),
+            customers: HashMap::new(),
+            pending: HashMap::new(),
+            next_token: 1,
+            tick: 1,
+            completions: Some(completions),
+            jammed: Vec::new(),
+            assign_rooms: HashSet::new(),
+            position_rooms: HashSet::new(),
+            presence_agents: HashSet::new(),
+        };
+        for a in agents {
+            srv.agents.insert(a.id.clone(), srv.agent_state(&a));
+        }
+        for row in open {
+            let conv = conv_from_row(row);
+            match conv.status {
+                ConvStatus::Queued => match rooms.get_mut(&conv.room) {
+                    Some(r) => r.queue.push_back(conv.id.clone()),
+                    None => log::warn!("conversation {} waits in room `{}`, which is not configured", conv.id, conv.room),
+                },
+                ConvStatus::Active => {
+                    if let Some(a) = &conv.agent {
+                        let st = srv.agents.entry(a.id.clone()).or_insert_with(|| AgentState {
+                            user: a.clone(),
+                            max: cfg.max_active,
+                            bot: false,
+                            sessions: HashSet::new(),
+                            availability: Availability::Offline,
+                            active: Default::default(),
+                            last_assigned: 0,
+                            grace: None,
+                        });
+                        st.active.insert(conv.id.clone());
+                    }
+                }
+                ConvStatus::Closed => {}
+            }
+            srv.customers.entry(conv.customer.id.clone()).or_default().open.push(conv.id.clone());
+            srv.convs.insert(conv.id.clone(), conv);
+        }
+        srv.rooms = std::mem::take(&mut rooms);
+        srv.position_rooms = srv.rooms.keys().cloned().collect();
+        srv
+    }
+
+    fn agent_state(&self, a: &AgentRow) -> AgentState {
+        AgentState {
+            user: User { id: a.id.clone(), role: Role::Agent, name: a.name.clone() },
+            max: a.max_active.unwrap_or(self.cfg.max_active),
+            bot: a.bot,
+            sessions: HashSet::new(),
+            availability: Availability::Offline,
+            active: Default::default(),
+            last_assigned: 0,
+            grace: None,
+        }
+    }
+
+    // ------------------------------------------------------------ delivery
+
+    /// Queues a frame for one session; a session whose queue is full is jammed.
+    fn send(&mut self, sid: u64, frame: &Encoded) {
+        let Some(s) = self.sessions.get(&sid) else { return };
+        let len = frame.len();
+        let queued = s.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if queued > self.cfg.queue_bytes {
+            self.jammed.push(sid);
+            return;
+        }
+        match s.outbox.try_send(Outbound::Frame(frame.clone())) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => self.jammed.push(sid),
+            Err(SendError::Closed(_)) => {} // its Disconnect is on the way
+        }
+    }
+
+    fn send_many(&mut self, sids: &[u64], frame: &Encoded) {
+        for &sid in sids {
+            self.send(sid, frame);
+        }
+    }
+
+    /// Every session that receives a conversation's traffic: the customer's
+    /// (unless `customer` is false, for notes), the assignee's, and those that
+    /// joined its room. Sorted, without duplicates.
+    fn audience(&self, conv: &Conv, customer: bool) -> Vec<u64> {
+        let mut v = Vec::new();
+        if customer {
+            if let Some(c) = self.customers.get(&conv.customer.id) {
+                v.extend(c.sessions.iter().copied());
+            }
+        }
+        if let Some(a) = conv.agent.as_ref().and_then(|a| self.agents.get(&a.id)) {
+            v.extend(a.sessions.iter().copied());
+        }
+        if let Some(r) = self.rooms.get(&conv.room) {
+            v.extend(r.sessions.iter().copied());
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn agent_sessions(&self, agent_id: &str) -> Vec<u64> {
+        self.agents.get(agent_id).map(|a| a.sessions.iter().copied().collect()).unwrap_or_default()
+    }
+
+    fn reply_error(&mut self, to: ReplyTo, e: ApiError) {
+        match to {
+            ReplyTo::Session { sid, r#ref } => {
+                let f = error_frame(r#ref.as_deref(), &e);
+                self.send(sid, &f);
+            }
+            ReplyTo::HttpSend(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            ReplyTo::None => log::warn!("background change failed: {e}"),
+        }
+    }
+
+    fn snapshot(&self, cid: &str) -> Option<Conversation> {
+        let c = self.convs.get(cid)?;
+        let pos = match c.status {
+            ConvStatus::Queued => self.rooms.get(&c.room).and_then(|r| r.position(cid)),
+            _ => None,
+        };
+        Some(c.snapshot(pos))
+    }
+
+    /// Ends a session that cannot keep up (PROTOCOL.md §7.5).
+    fn jam(&mut self, sid: u64, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get(&sid) else { return };
+        log::info!("session s_{sid} ({}) overflowed its outbound queue: closing with 4008", s.user.id);
+        if let Some(j) = s.jam.clone() {
+            j.trip();
+            ctx.run_later(JAM_FORCE_AFTER, move |_, _| j.force());
+        }
+        let _ = s.outbox.try_send(Outbound::Close(close::TOO_SLOW, "outbound queue overflow"));
+        self.remove_session(sid, ctx);
+    }
+
+    /// Runs the work that handlers left behind: jammed sessions, automatic
+    /// assignment, queue positions and presence. Called at the end of every handler.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        for _ in 0..16 {
+            for sid in std::mem::take(&mut self.jammed) {
+                self.jam(sid, ctx);
+            }
+            let rooms: Vec<String> = self.assign_rooms.drain().collect();
+            for r in &rooms {
+                self.assign_room(r);
+            }
+            for r in std::mem::take(&mut self.position_rooms) {
+                self.refresh_positions(&r);
+            }
+            for a in std::mem::take(&mut self.presence_agents) {
+                self.broadcast_presence(&a);
+            }
+            if self.jammed.is_empty() && self.assign_rooms.is_empty() && self.position_rooms.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn broadcast_presence(&mut self, agent_id: &str) {
+        let Some(a) = self.agents.get(agent_id) else { return };
+        let mut out = Vec::new();
+        for (name, room) in &self.rooms {
+            if room.agents.contains_key(agent_id) {
+                let f = Out::Presence(&a.presence(name, true)).encode();
+                out.push((room.sessions.iter().copied().collect::<Vec<_>>(), f));
+            }
+        }
+        for (sids, f) in out {
+            self.send_many(&sids, &f);
+        }
+    }
+
+    fn refresh_positions(&mut self, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let changed: Vec<(String, u32)> = r
+            .queue
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i as u32 + 1))
+            .filter(|(c, p)| self.convs.get(c).is_some_and(|c| c.pushed_position != Some(*p)))
+            .collect();
+        for (cid, pos) in changed {
+            let Some(conv) = self.convs.get_mut(&cid) else { continue };
+            conv.pushed_position = Some(pos);
+            let f = Out::Conversation { r#ref: None, conversation: &conv.snapshot(Some(pos)) }.encode();
+            let aud = self.audience(&self.convs[&cid], true);
+            self.send_many(&aud, &f);
+        }
+    }
+
+    // ------------------------------------------------------------ writes
+
+    fn submit(&mut self, op: WriteOp, p: Pending) -> Result<(), (Pending, ApiError)> {
+        if self.pending.len() >= MAX_PENDING_WRITES {
+            return Err((p, ApiError::unavailable("server busy: too many writes in flight, retry later")));
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.pending.insert(token, p);
+        self.store.submit(token, op);
+        Ok(())
+    }
+
+    /// Submits; when refused, answers the requester with the error.
+    fn submit_or_reply(&mut self, op: WriteOp, p: Pending) {
+        if let Err((p, e)) = self.submit(op, p) {
+            let reply = match p {
+                Pending::Open { reply, .. }
+                | Pending::Send { reply, .. }
+                | Pending::Change { reply, .. }
+                | Pending::Rate { reply, .. } => reply,
+                Pending::Read { .. } => ReplyTo::None,
+            };
+            self.reply_error(reply, e);
+        }
+    }
+
+    /// Moves a conversation to a new state, keeping every index (room queues,
+    /// agent loads, customer's open list) in step. Used forward and to undo.
+    fn apply_core(&mut self, cid: &str, new: ConvCore, place: QueuePlace) {
+        let Some(conv) = self.convs.get_mut(cid) else { return };
+        let old = conv.core();
+        if old.status == ConvStatus::Queued {
+            if let Some(r) = self.rooms.get_mut(&old.room) {
+                r.queue.retain(|c| c != cid);
+            }
+            self.position_rooms.insert(old.room.clone());
+        }
+        if old.status == ConvStatus::Active {
+            if let Some(a) = old.agent.as_ref().and_then(|a| self.agents.get_mut(&a.id)) {
+                a.active.remove(cid);
+                self.presence_agents.insert(a.user.id.clone());
+                self.assign_rooms.insert(old.room.clone());
+            }
+        }
+        conv.status = new.status;
+        conv.agent = new.agent.clone();
+        conv.room = new.room.clone();
+        conv.queued_at = new.queued_at;
+        conv.transferred_from = new.transferred_from;
+        match new.status {
+            ConvStatus::Queued => {
+                conv.pushed_position = None;
+                if let Some(r) = self.rooms.get_mut(&new.room) {
+                    match place {
+                        QueuePlace::Back => r.queue.push_back(cid.to_string()),
+                        QueuePlace::Front => r.queue.push_front(cid.to_string()),
+                    }
+                }
+                self.position_rooms.insert(new.room.clone());
+                self.assign_rooms.insert(new.room.clone());
+            }
+            ConvStatus::Active => {
+                conv.pushed_position = None;
+                if let Some(a) = new.agent.as_ref().and_then(|a| self.agents.get_mut(&a.id)) {
+                    a.active.insert(cid.to_string());
+                    self.tick += 1;
+                    a.last_assigned = self.tick;
+                    self.presence_agents.insert(a.user.id.clone());
+                }
+            }
+            ConvStatus::Closed => conv.pushed_position = None,
+        }
+        let customer = conv.customer.id.clone();
+        let c = self.customers.entry(customer).or_default();
+        if new.status == ConvStatus::Closed {
+            c.open.retain(|x| x != cid);
+            if old.status != ConvStatus::Closed {
+                self.closed_lru.push_back(cid.to_string());
+                self.evict_closed();
+            }
+        } else if !c.open.iter().any(|x| x == cid) {
+            c.open.push(cid.to_string());
+        }
+    }
+
+    fn evict_closed(&mut self) {
+        while self.closed_lru.len() > CLOSED_CACHE {
+            if let Some(old) = self.closed_lru.pop_front() {
+                if self.convs.get(&old).is_some_and(|c| c.status == ConvStatus::Closed) {
+                    self.convs.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A state change with its event message (PROTOCOL.md §8: every change
+    /// writes an event).
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &mut self,
+        cid: &str,
+        status: ConvStatus,
+        agent: Option<User>,
+        room: Option<String>,
+        place: QueuePlace,
+        event: serde_json::Value,
+        body: String,
+        reply: ReplyTo,
+    ) {
+        let Some(conv) = self.convs.get(cid) else { return };
+        let before = conv.core();
+        let also = before.agent.as_ref().map(|a| a.id.clone());
+        let now = now_ms();
+        let queued_at = if status == ConvStatus::Queued { now } else { before.queued_at };
+        let transferred_from = match (&event["name"], &before.agent) {
+            (n, Some(a)) if n == "transferred" => Some(a.id.clone()),
+            _ if status == ConvStatus::Active => None,
+            _ => before.transferred_from.clone(),
+        };
+        let new = ConvCore {
+            status,
+            agent: agent.clone(),
+            queued_at,
+            room: room.unwrap_or_else(|| before.room.clone()),
+            transferred_from,
+        };
+        self.apply_core(cid, new, place);
+        let msg = NewMessage {
+            id: new_id("m_"),
+            conversation: cid.to_string(),
+            ts: now,
+            from: User::system(),
+            kind: MsgKind::Event,
+            body,
+            client_id: None,
+            event: Some(event),
+        };
+        let op = WriteOp::Update { status, agent, queued_at, event: msg };
+        let p = Pending::Change { reply, conv: cid.to_string(), undo: before.clone(), also };
+        if let Err((p, e)) = self.submit(op, p) {
+            self.apply_core(cid, before, QueuePlace::Front);
+            if let Pending::Change { reply, .. } = p {
+                self.reply_error(reply, e);
+            }
+        }
+    }
+
+    fn assign_room(&mut self, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        if r.manual {
+            return;
+        }
+        let queue: Vec<String> = r.queue.iter().cloned().collect();
+        for cid in queue {
+            let Some(r) = self.rooms.get(room) else { return };
+            let skip = self.convs.get(&cid).and_then(|c| c.transferred_from.clone());
+            let Some(agent) = pick_agent(r, &self.agents, skip.as_deref()) else {
+                if pick_agent(r, &self.agents, None).is_none() {
+                    break;
+                }
+                continue;
+            };
+            let user = agent.user.clone();
+            self.assign(&cid, user, ReplyTo::None);
+        }
+    }
+
+    fn assign(&mut self, cid: &str, agent: User, reply: ReplyTo) {
+        let body = format!("{} joined the conversation", agent.name);
+        let event = json!({"name": "assigned", "agent": agent});
+        self.change(cid, ConvStatus::Active, Some(agent), None, QueuePlace::Back, event, body, reply);
+    }
+
+    // ------------------------------------------------------------ completions
+
+    fn complete(&mut self, c: Completion, ctx: &mut Context<Self>) {
+        let Some(p) = self.pending.remove(&c.token) else { return };
+        match (p, c.result) {
+            (Pending::Open { reply, conv }, Ok(_)) => {
+                let Some(snap) = self.snapshot(&conv) else { return };
+                let mut aud = self.audience(&self.convs[&conv], true);
+                if let ReplyTo::Session { sid, r#ref } = reply {
+                    let f = Out::Conversation { r#ref: r#ref.as_deref(), conversation: &snap }.encode();
+                    self.send(sid, &f);
+                    aud.retain(|s| *s != sid);
+                }
+                let f = Out::Conversation { r#ref: None, conversation: &snap }.encode();
+                self.send_many(&aud, &f);
+            }
+            (Pending::Open { reply, conv }, Err(e)) => {
+                if let Some(c) = self.convs.remove(&conv) {
+                    if let Some(r) = self.rooms.get_mut(&c.room) {
+                        r.queue.retain(|x| *x != conv);
+                    }
+                    if let Some(cu) = self.customers.get_mut(&c.customer.id) {
+                        cu.open.retain(|x| *x != conv);
+                    }
+                    if let Some(a) = c.agent.and_then(|a| self.agents.get_mut(&a.id)) {
+                        a.active.remove(&conv);
+                    }
+                    self.position_rooms.insert(c.room);
+                }
+                self.reply_error(reply, e.into());
+            }
+            (Pending::Send { reply, exclude }, Ok(WriteOutcome::Appended { message, duplicate })) => {
+                match reply {
+                    ReplyTo::Session { sid, r#ref } => {
+                        let f = Out::Ack {
+                            r#ref: r#ref.as_deref(),
+                            client_id: message.client_id.as_deref(),
+                            conversation: Some(&message.conversation),
+                            seq: Some(message.seq),
+                            id: Some(&message.id),
+                            ts: Some(message.ts),
+                        }
+                        .encode();
+                        self.send(sid, &f);
+                    }
+                    ReplyTo::HttpSend(tx) => {
+                        let _ = tx.send(Ok(message.clone()));
+                    }
+                    ReplyTo::None => {}
+                }
+                if !duplicate {
+                    self.deliver(&message, exclude);
+                }
+            }
+            (Pending::Send { reply, .. }, Ok(WriteOutcome::Done)) => self.reply_error(reply, ApiError::internal()),
+            (Pending::Send { reply, .. }, Err(e)) => self.reply_error(reply, e.into()),
+            (Pending::Change { reply, conv, also, .. }, Ok(outcome)) => {
+                let Some(snap) = self.snapshot(&conv) else { return };
+                let mut aud = self.audience(&self.convs[&conv], true);
+                if let Some(a) = &also {
+                    aud.extend(self.agent_sessions(a));
+                    aud.sort_unstable();
+                    aud.dedup();
+                }
+                let push = Out::Conversation { r#ref: None, conversation: &snap }.encode();
+                match &reply {
+                    ReplyTo::Session { sid, r#ref } => {
+                        let f = Out::Conversation { r#ref: r#ref.as_deref(), conversation: &snap }.encode();
+                        self.send(*sid, &f);
+                        let others: Vec<u64> = aud.iter().copied().filter(|s| s != sid).collect();
+                        self.send_many(&others, &push);
+                    }
+                    _ => self.send_many(&aud, &push),
+                }
+                if let Some(c) = self.convs.get_mut(&conv) {
+                    c.pushed_position = snap.queue_position;
+                }
+                if let WriteOutcome::Appended { message, .. } = outcome {
+                    if let Some(c) = self.convs.get_mut(&conv) {
+                        c.last_seq = c.last_seq.max(message.seq);
+                    }
+                    let f = Out::Message { message: &message }.encode();
+                    self.send_many(&aud, &f);
+                }
+            }
+            (Pending::Change { reply, conv, undo, .. }, Err(e)) => {
+                self.apply_core(&conv, undo, QueuePlace::Front);
+                self.reply_error(reply, e.into());
+            }
+            (Pending::Rate { reply, conv }, res) => match res {
+                Ok(WriteOutcome::Appended { message, .. }) => {
+                    if let ReplyTo::Session { sid, r#ref } = reply {
+                        let f = protocol::ack(r#ref.as_deref());
+                        self.send(sid, &f);
+                    }
+                    self.deliver(&message, None);
+                }
+                Ok(WriteOutcome::Done) => self.reply_error(reply, ApiError::internal()),
+                Err(e) => {
+                    if !matches!(e, StoreError::Conflict(_)) {
+                        if let Some(c) = self.convs.get_mut(&conv) {
+                            c.rated = false;
+                        }
+                    }
+                    self.reply_error(reply, e.into());
+                }
+            },
+            (Pending::Read { conv, from, seq }, Ok(_)) => {
+                let Some(c) = self.convs.get(&conv) else { return };
+                let aud = self.audience(c, true);
+                let f = Out::Read { conversation: &conv, from: &from, seq }.encode();
+                self.send_many(&aud, &f);
+            }
+            (Pending::Read { .. }, Err(e)) => log::warn!("read marker not stored: {e}"),
+        }
+        let _ = ctx;
+    }
+
+    /// Fans a committed message out to its conversation's audience: one
+    /// serialization, shared by every recipient. Notes never reach customers.
+    fn deliver(&mut self, m: &Message, exclude: Option<u64>) {
+        let Some(conv) = self.convs.get_mut(&m.conversation) else { return };
+        conv.last_seq = conv.last_seq.max(m.seq);
+        let mut aud = self.audience(&self.convs[&m.conversation], m.kind != MsgKind::Note);
+        if let Some(x) = exclude {
+            aud.retain(|s| *s != x);
+        }
+        let f = Out::Message { message: m }.encode();
+        self.send_many(&aud, &f);
+    }
+
+    // ------------------------------------------------------------ sessions
+
+    fn remove_session(&mut self, sid: u64, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.remove(&sid) else { return };
+        for room in &s.rooms {
+            self.leave_room(sid, &s.user.id, room);
+        }
+        match s.user.role {
+            Role::Agent => {
+                let grace = Duration::from_millis(self.cfg.agent_grace_ms);
+                if let Some(a) = self.agents.get_mut(&s.user.id) {
+                    a.sessions.remove(&sid);
+                    if a.sessions.is_empty() {
+                        let id = s.user.id.clone();
+                        a.grace = Some(ctx.run_later(grace, move |act, ctx| act.grace_expired(&id, ctx)));
+                    }
+                }
+            }
+            _ => {
+                if let Some(c) = self.customers.get_mut(&s.user.id) {
+                    c.sessions.remove(&sid);
+                    if c.sessions.is_empty() && c.open.is_empty() {
+                        self.customers.remove(&s.user.id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn leave_room(&mut self, sid: u64, agent_id: &str, room: &str) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        if !r.sessions.remove(&sid) {
+            return;
+        }
+        let gone = match r.agents.get_mut(agent_id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                r.agents.remove(agent_id);
+                true
+            }
+            None => false,
+        };
+        if gone {
+            if let Some(a) = self.agents.get(agent_id) {
+                let f = Out::Presence(&a.presence(room, false)).encode();
+                let sids: Vec<u64> = r.sessions.iter().copied().collect();
+                self.send_many(&sids, &f);
+            }
+        }
+    }
+
+    /// PROTOCOL.md §8: an agent gone longer than the grace period loses their
+    /// active conversations to the front of their rooms' queues.
+    fn grace_expired(&mut self, agent_id: &str, ctx: &mut Context<Self>) {
+        let Some(a) = self.agents.get_mut(agent_id) else { return };
+        a.grace = None;
+        if !a.sessions.is_empty() {
+            return;
+        }
+        a.availability = Availability::Offline;
+        let user = a.user.clone();
+        let active: Vec<String> = a.active.iter().rev().cloned().collect();
+        for cid in active {
+            let Some(room) = self.convs.get(&cid).map(|c| c.room.clone()) else { continue };
+            log::info!("agent {} gone past the grace period: {cid} returns to the queue of {room}", user.id);
+            let event = json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room, "reason": "agent_offline"});
+            let body = format!("{} went offline; back in the queue", user.name);
+            self.change(&cid, ConvStatus::Queued, None, None, QueuePlace::Front, event, body, ReplyTo::None);
+        }
+        self.finish(ctx);
+    }
+
+    // ------------------------------------------------------------ requests
+
+    fn access(&self, who: &Who, conv: &Conv) -> Result<Access, ApiError> {
+        match who.user.role {
+            Role::Customer if conv.customer.id == who.user.id => Ok(Access::Customer),
+            Role::Customer | Role::System => Err(not_found_conv(&conv.id)),
+            Role::Agent => {
+                if conv.agent.as_ref().is_some_and(|a| a.id == who.user.id) {
+                    return Ok(Access::Assignee);
+                }
+                match who.sid {
+                    None => Ok(Access::RoomAgent),
+                    Some(sid) if self.sessions.get(&sid).is_some_and(|s| s.rooms.contains(&conv.room)) => {
+                        Ok(Access::RoomAgent)
+                    }
+                    Some(_) => Err(ApiError::forbidden(format!(
+                        "not a member of conversation {}: join room `{}` or be its assignee",
+                        conv.id, conv.room
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn conv_for(&self, who: &Who, cid: &str) -> Result<(&Conv, Access), ApiError> {
+        let conv = self.convs.get(cid).ok_or_else(|| not_found_conv(cid))?;
+        let access = self.access(who, conv)?;
+        Ok((conv, access))
+    }
+
+    fn request(&mut self, who: Who, r#ref: Option<String>, req: Request, ctx: &mut Context<Self>) -> Result<(), ApiError> {
+        let sid = who.sid.unwrap_or(0);
+        let reply = ReplyTo::Session { sid, r#ref: r#ref.clone() };
+        match req {
+            Request::Hello(_) => Err(ApiError::bad_request("hello: already said; one hello per connection")),
+            Request::Ping | Request::Pong => Ok(()),
+            Request::Open(o) => self.open(&who, o, reply),
+            Request::Send(s) => {
+                let msg = self.prepare_send(&who, s.conversation, s.client_id, s.body, s.internal)?;
+                self.submit_or_reply(WriteOp::Append(msg), Pending::Send { reply, exclude: who.sid });
+                Ok(())
+            }
+            Request::Sync(q) => {
+                let limit = q.limit.unwrap_or(SYNC_DEFAULT_LIMIT);
+                if limit == 0 || limit > SYNC_MAX_LIMIT {
+                    return Err(ApiError::bad_request(format!("limit: must be 1 to {SYNC_MAX_LIMIT}")));
+                }
+                let (_, access) = self.conv_for(&who, &q.conversation)?;
+                let fut = self.store.history(&q.conversation, q.after_seq, limit);
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                    let f = match res {
+                        Ok((messages, more)) => {
+                            let page = page_for(access, messages, more);
+                            Out::History {
+                                r#ref: r#ref.as_deref(),
+                                body: HistoryBody {
+                                    conversation: &q.conversation,
+                                    messages: &page.messages,
+                                    more: page.more,
+                                    hidden_seqs: page.hidden_seqs.as_deref(),
+                                },
+                            }
+                            .encode()
+                        }
+                        Err(e) => error_frame(r#ref.as_deref(), &e.into()),
+                    };
+                    act.send(sid, &f);
+                    act.finish(ctx);
+                }));
+                Ok(())
+            }
+            Request::Typing(t) => {
+                let (conv, _) = self.conv_for(&who, &t.conversation)?;
+                let mut aud = self.audience(conv, true);
+                aud.retain(|s| *s != sid);
+                let f = Out::Typing { conversation: &t.conversation, from: &who.user, on: t.on }.encode();
+                self.send_many(&aud, &f);
+                Ok(())
+            }
+            Request::Read(r) => {
+                let (conv, _) = self.conv_for(&who, &r.conversation)?;
+                if r.seq > conv.last_seq {
+                    return Err(ApiError::bad_request(format!(
+                        "seq: {} is past the conversation's last seq {}",
+                        r.seq, conv.last_seq
+                    )));
+                }
+                let known = conv.reads.get(&who.user.id).copied().unwrap_or(0);
+                if r.seq <= known {
+                    return Ok(()); // read markers only move forward
+                }
+                if let Some(c) = self.convs.get_mut(&r.conversation) {
+                    c.reads.insert(who.user.id.clone(), r.seq);
+                }
+                let op = WriteOp::Read { conversation: r.conversation.clone(), user_id: who.user.id.clone(), seq: r.seq };
+                self.submit_or_reply(op, Pending::Read { conv: r.conversation, from: who.user, seq: r.seq });
+                Ok(())
+            }
+            Request::Join(j) => self.join(&who, j.room, r#ref),
+            Request::Leave(l) => {
+                agent_only(&who, "leave")?;
+                if !self.rooms.contains_key(&l.room) {
+                    return Err(no_room(&l.room));
+                }
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.rooms.remove(&l.room);
+                }
+                self.leave_room(sid, &who.user.id, &l.room);
+                let f = protocol::ack(r#ref.as_deref());
+                self.send(sid, &f);
+                Ok(())
+            }
+            Request::Accept(a) => {
+                agent_only(&who, "accept")?;
+                let (conv, _) = self.conv_for(&who, &a.conversation)?;
+                match conv.status {
+                    ConvStatus::Queued => {}
+                    ConvStatus::Active => {
+                        return Err(ApiError::conflict(format!("conversation {} is already taken", conv.id)))
+                    }
+                    ConvStatus::Closed => return Err(ApiError::conflict(format!("conversation {} is closed", conv.id))),
+                }
+                self.check_capacity(&who.user.id)?;
+                self.assign(&a.conversation, who.user, reply);
+                Ok(())
+            }
+            Request::Transfer(t) => self.transfer(&who, t, reply),
+            Request::Close(c) => {
+                let (conv, access) = self.conv_for(&who, &c.conversation)?;
+                if access == Access::RoomAgent {
+                    return Err(ApiError::forbidden("only the customer or the assignee may close a conversation"));
+                }
+                if conv.status == ConvStatus::Closed {
+                    return Err(ApiError::conflict(format!("conversation {} is already closed", conv.id)));
+                }
+                let agent = conv.agent.clone();
+                let event = json!({"name": "closed", "by": who.user});
+                let body = format!("{} closed the conversation", who.user.name);
+                self.change(&c.conversation, ConvStatus::Closed, agent, None, QueuePlace::Back, event, body, reply);
+                Ok(())
+            }
+            Request::Rate(r) => {
+                let (conv, access) = self.conv_for(&who, &r.conversation)?;
+                if access != Access::Customer {
+                    return Err(ApiError::forbidden("only the customer rates a conversation"));
+                }
+                if !(1..=5).contains(&r.score) {
+                    return Err(ApiError::bad_request("score: must be 1 to 5"));
+                }
+                if r.comment.as_deref().is_some_and(|c| char_len(c) > MAX_COMMENT_CHARS) {
+                    return Err(ApiError::bad_request(format!("comment: at most {MAX_COMMENT_CHARS} characters")));
+                }
+                if conv.status != ConvStatus::Closed {
+                    return Err(ApiError::conflict("only a closed conversation can be rated"));
+                }
+                if conv.rated {
+                    return Err(ApiError::conflict("this conversation is already rated"));
+                }
+                if let Some(c) = self.convs.get_mut(&r.conversation) {
+                    c.rated = true;
+                }
+                let event = json!({"name": "rated", "score": r.score, "comment": r.comment});
+                let msg = NewMessage {
+                    id: new_id("m_"),
+                    conversation: r.conversation.clone(),
+                    ts: now_ms(),
+                    from: User::system(),
+                    kind: MsgKind::Event,
+                    body: format!("{} rated the conversation {}/5", who.user.name, r.score),
+                    client_id: None,
+                    event: Some(event),
+                };
+                let op = WriteOp::Rate { score: r.score as u8, comment: r.comment, event: msg };
+                self.submit_or_reply(op, Pending::Rate { reply, conv: r.conversation });
+                Ok(())
+            }
+            Request::Status(s) => {
+                agent_only(&who, "status")?;
+                let availability = match s.availability.as_str() {
+                    "online" => Availability::Online,
+                    "away" => Availability::Away,
+                    other => return Err(ApiError::bad_request(format!("availability: `{other}` is not online or away"))),
+                };
+                if let Some(a) = self.agents.get_mut(&who.user.id) {
+                    if a.availability != availability {
+                        a.availability = availability;
+                        self.presence_agents.insert(who.user.id.clone());
+                        if availability == Availability::Online {
+                            self.assign_rooms.extend(self.rooms.iter().filter(|(_, r)| r.agents.contains_key(&who.user.id)).map(|(n, _)| n.clone()));
+                        }
+                    }
+                }
+                let f = protocol::ack(r#ref.as_deref());
+                self.send(sid, &f);
+                Ok(())
+            }
+        }
+    }
+
+    fn open(&mut self, who: &Who, o: Open, reply: ReplyTo) -> Result<(), ApiError> {
+        if who.user.role != Role::Customer {
+            return Err(ApiError::forbidden("only customers open conversations"));
+        }
+        let room = o.room.unwrap_or_else(|| "support".to_string());
+        if !self.rooms.contains_key(&room) {
+            return Err(no_room(&room));
+        }
+        let existing = self
+            .customers
+            .get(&who.user.id)
+            .and_then(|c| c.open.iter().find(|id| self.convs.get(*id).is_some_and(|c| c.room == room)).cloned());
+        if let Some(cid) = existing {
+            if let (Some(snap), ReplyTo::Session { sid, r#ref }) = (self.snapshot(&cid), reply) {
+                let f = Out::Conversation { r#ref: r#ref.as_deref(), conversation: &snap }.encode();
+                self.send(sid, &f);
+            }
+            return Ok(());
+        }
+        let now = now_ms();
+        let id = new_id("c_");
+        let conv = Conv {
+            id: id.clone(),
+            room: room.clone(),
+            status: ConvStatus::Queued,
+            customer: who.user.clone(),
+            agent: None,
+            created_at: now,
+            queued_at: now,
+            last_seq: 0,
+            rated: false,
+            pushed_position: None,
+            transferred_from: None,
+            reads: HashMap::new(),
+        };
+        let row = ConvRow {
+            id: id.clone(),
+            room: room.clone(),
+            status: ConvStatus::Queued,
+            customer: who.user.clone(),
+            agent: None,
+            created_at: now,
+            queued_at: now,
+            last_seq: 0,
+            rated: false,
+        };
+        self.submit(WriteOp::CreateConversation(row), Pending::Open { reply, conv: id.clone() })
+            .map_err(|(_, e)| e)?;
+        let r = self.rooms.get_mut(&room).ok_or_else(|| no_room(&room))?;
+        r.queue.push_back(id.clone());
+        let pos = r.queue.len() as u32;
+        self.convs.insert(id.clone(), Conv { pushed_position: Some(pos), ..conv });
+        self.customers.entry(who.user.id.clone()).or_default().open.push(id);
+        self.assign_rooms.insert(room);
+        Ok(())
+    }
+
+    /// Checks a `send` and builds the message to store (the one send path of
+    /// WebSocket and HTTP).
+    fn prepare_send(
+        &self,
+        who: &Who,
+        cid: String,
+        client_id: String,
+        body: String,
+        internal: bool,
+    ) -> Result<NewMessage, ApiError> {
+        if client_id.is_empty() || char_len(&client_id) > MAX_CLIENT_ID_CHARS {
+            return Err(ApiError::bad_request(format!("client_id: 1 to {MAX_CLIENT_ID_CHARS} characters")));
+        }
+        if body.trim().is_empty() {
+            return Err(ApiError::bad_request("body: must not be empty"));
+        }
+        let n = char_len(&body);
+        if n > self.cfg.max_body_chars {
+            return Err(ApiError::too_large(format!(
+                "body: {n} characters, at most {} allowed",
+                self.cfg.max_body_chars
+            )));
+        }
+        let (_, access) = self.conv_for(who, &cid)?;
+        if internal && access == Access::Customer {
+            return Err(ApiError::forbidden("internal: only agents write internal notes"));
+        }
+        Ok(NewMessage {
+            id: new_id("m_"),
+            conversation: cid,
+            ts: now_ms(),
+            from: who.user.clone(),
+            kind: if internal { MsgKind::Note } else { MsgKind::Text },
+            body,
+            client_id: Some(client_id),
+            event: None,
+        })
+    }
+
+    fn join(&mut self, who: &Who, room: String, r#ref: Option<String>) -> Result<(), ApiError> {
+        agent_only(who, "join")?;
+        let sid = who.sid.unwrap_or(0);
+        let r = self.rooms.get_mut(&room).ok_or_else(|| no_room(&room))?;
+        let newly_present = if r.sessions.insert(sid) {
+            let n = r.agents.entry(who.user.id.clone()).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else {
+            false
+        };
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.rooms.insert(room.clone());
+        }
+        let r = &self.rooms[&room];
+        let queue: Vec<Conversation> = r
+            .queue
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| self.convs.get(c).map(|c| c.snapshot(Some(i as u32 + 1))))
+            .collect();
+        let mut agents: Vec<Presence> =
+            r.agents.keys().filter_map(|id| self.agents.get(id)).map(|a| a.presence(&room, true)).collect();
+        agents.sort_by(|a, b| a.agent.name.cmp(&b.agent.name));
+        let f = Out::Room { r#ref: r#ref.as_deref(), room: &room, queue: &queue, agents: &agents }.encode();
+        let others: Vec<u64> = r.sessions.iter().copied().filter(|s| *s != sid).collect();
+        self.send(sid, &f);
+        if newly_present {
+            if let Some(a) = self.agents.get(&who.user.id) {
+                let p = Out::Presence(&a.presence(&room, true)).encode();
+                self.send_many(&others, &p);
+            }
+        }
+        self.assign_rooms.insert(room);
+        Ok(())
+    }
+
+    fn check_capacity(&self, agent_id: &str) -> Result<(), ApiError> {
+        match self.agents.get(agent_id) {
+            Some(a) if (a.active.len() as u32) < a.max => Ok(()),
+            Some(a) => Err(ApiError::conflict(format!("{} is at capacity ({} of {})", a.user.name, a.active.len(), a.max))),
+            None => Err(ApiError::not_found(format!("no agent {agent_id}"))),
+        }
+    }
+
+    fn transfer(&mut self, who: &Who, t: Transfer, reply: ReplyTo) -> Result<(), ApiError> {
+        agent_only(who, "transfer")?;
+        let (conv, access) = self.conv_for(who, &t.conversation)?;
+        if access != Access::Assignee {
+            return Err(ApiError::forbidden("only the assignee may transfer a conversation"));
+        }
+        if conv.status != ConvStatus::Active {
+            return Err(ApiError::conflict(format!("conversation {} is {}", conv.id, conv.status.as_str())));
+        }
+        match (t.to_agent, t.to_room) {
+            (Some(to), None) => {
+                if to == who.user.id {
+                    return Err(ApiError::bad_request("to_agent: the conversation is already yours"));
+                }
+                let target = self.agents.get(&to).ok_or_else(|| ApiError::not_found(format!("no agent {to}")))?;
+                let online = target.availability == Availability::Online
+                    && !target.sessions.is_empty()
+                    && self.rooms.values().any(|r| r.agents.contains_key(&to));
+                if !online {
+                    return Err(ApiError::conflict(format!("{} is not online in any room", target.user.name)));
+                }
+                self.check_capacity(&to)?;
+                let target = target.user.clone();
+                let event = json!({"name": "transferred", "from_agent": who.user, "to_agent": target, "to_room": null});
+                let body = format!("{} transferred the conversation to {}", who.user.name, target.name);
+                self.change(&t.conversation, ConvStatus::Active, Some(target), None, QueuePlace::Back, event, body, reply);
+                Ok(())
+            }
+            (None, Some(room)) => {
+                if !self.rooms.contains_key(&room) {
+                    return Err(no_room(&room));
+                }
+                let event = json!({"name": "transferred", "from_agent": who.user, "to_agent": null, "to_room": room});
+                let body = format!("{} transferred the conversation to {}", who.user.name, room);
+                self.change(&t.conversation, ConvStatus::Queued, None, Some(room), QueuePlace::Back, event, body, reply);
+                Ok(())
+            }
+            _ => Err(ApiError::bad_request("transfer: give exactly one of to_agent and to_room")),
+        }
+    }
+
+    /// Loads a conversation this node does not hold, then handles `msg` again.
+    fn load_then<M>(&mut self, cid: String, mut msg: M, ctx: &mut Context<Self>)
+    where
+        M: Retry,
+        Self: Handler<M>,
+    {
+        let fut = self.store.conversation(&cid);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(row) => {
+                if let Some(row) = row {
+                    if !act.convs.contains_key(&row.id) {
+                        let closed = row.status == ConvStatus::Closed;
+                        let conv = conv_from_row(row);
+                        if closed {
+                            act.closed_lru.push_back(conv.id.clone());
+                        }
+                        act.convs.insert(conv.id.clone(), conv);
+                        act.evict_closed();
+                    }
+                }
+                msg.mark_loaded();
+                ctx.notify(msg);
+            }
+            Err(e) => {
+                msg.fail(act, e.into());
+                act.finish(ctx);
+            }
+        }));
+    }
+}
+
+/// Messages that name a conversation the node may have to load first.
+pub trait Retry: actix::Message<Result = ()> + std::marker::Send + Unpin + 'static {
+    fn mark_loaded(&mut self);
+    fn fail(self, srv: &mut ChatServer, e: ApiError);
+}
+
+impl Retry for ClientRequest {
+    fn mark_loaded(&mut self) {
+        self.loaded = true;
+    }
+    fn fail(self, srv: &mut ChatServer, e: ApiError) {
+        srv.reply_error(ReplyTo::Session { sid: self.sid, r#ref: self.r#ref }, e);
+    }
+}
+
+impl Retry for HttpSend {
+    fn mark_loaded(&mut self) {
+        self.loaded = true;
+    }
+    fn fail(self, _: &mut ChatServer, e: ApiError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+impl Retry for HttpHistory {
+    fn mark_loaded(&mut self) {
+        self.loaded = true;
+    }
+    fn fail(self, _: &mut ChatServer, e: ApiError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+fn conv_from_row(row: ConvRow) -> Conv {
+    Conv {
+        id: row.id,
+        room: row.room,
+        status: row.status,
+        customer: row.customer,
+        agent: row.agent,
+        created_at: row.created_at,
+        queued_at: row.queued_at,
+        last_seq: row.last_seq,
+        rated: row.rated,
+        pushed_position: None,
+        transferred_from: None,
+        reads: HashMap::new(),
+    }
+}
+
+fn not_found_conv(cid: &str) -> ApiError {
+    ApiError::not_found(format!("no conversation {cid}"))
+}
+
+fn no_room(room: &str) -> ApiError {
+    ApiError::not_found(format!("no room `{room}`"))
+}
+
+fn agent_only(who: &Who, what: &str) -> Result<(), ApiError> {
+    if who.user.role == Role::Agent {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!("{what}: agents only")))
+    }
+}
+
+/// What a caller may see of a page of history: customers never see notes,
+/// and learn their seqs instead so a gap is not mistaken for a loss.
+fn page_for(access: Access, messages: Vec<Message>, more: bool) -> HistoryPage {
+    if access != Access::Customer {
+        return HistoryPage { messages, more, hidden_seqs: None };
+    }
+    let (notes, visible): (Vec<Message>, Vec<Message>) = messages.into_iter().partition(|m| m.kind == MsgKind::Note);
+    HistoryPage { messages: visible, more, hidden_seqs: Some(notes.iter().map(|m| m.seq).collect()) }
+}
+
+/// The conversation a request names, if any.
+fn conversation_of(req: &Request) -> Option<&str> {
+    match req {
+        Request::Send(s) => Some(&s.conversation),
+        Request::Sync(s) => Some(&s.conversation),
+        Request::Typing(t) => Some(&t.conversation),
+        Request::Read(r) => Some(&r.conversation),
+        Request::Accept(c) | Request::Close(c) => Some(&c.conversation),
+        Request::Transfer(t) => Some(&t.conversation),
+        Request::Rate(r) => Some(&r.conversation),
+        _ => None,
+    }
+}
+
+impl Actor for ChatServer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(SERVER_MAILBOX);
+        if let Some(mut rx) = self.completions.take() {
+            ctx.add_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        }
+        // Agents holding conversations from before a restart get the grace
+        // period to come back.
+        let grace = Duration::from_millis(self.cfg.agent_grace_ms);
+        let waiting: Vec<String> =
+            self.agents.iter().filter(|(_, a)| !a.active.is_empty() && a.sessions.is_empty()).map(|(id, _)| id.clone()).collect();
+        for id in waiting {
+            let handle = ctx.run_later(grace, move |act, ctx| act.grace_expired(&id, ctx));
+            if let Some(a) = self.agents.values_mut().find(|a| a.grace.is_none() && a.sessions.is_empty() && !a.active.is_empty()) {
+                a.grace = Some(handle);
+            }
+        }
+        self.finish(ctx);
+    }
+}
+
+impl StreamHandler<Vec<Completion>> for ChatServer {
+    fn handle(&mut self, batch: Vec<Completion>, ctx: &mut Context<Self>) {
+        for c in batch {
+            self.complete(c, ctx);
+        }
+        self.finish(ctx);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        log::error!("the store's writer stopped; writes will not complete");
+    }
+}
+
+impl Handler<Connect> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, m: Connect, ctx: &mut Context<Self>) {
+        let sid = m.sid;
+        let conversations: Vec<Conversation> = match m.user.role {
+            Role::Agent => {
+                let row = m.agent.as_ref();
+                let fresh = row.map(|r| self.agent_state(r));
+                let tick = self.tick;
+                let a = self.agents.entry(m.user.id.clone()).or_insert_with(|| {
+                    fresh.unwrap_or_else(|| AgentState {
+                        user: m.user.clone(),
+                        max: 0,
+                        bot: false,
+                        sessions: HashSet::new(),
+                        availability: Availability::Offline,
+                        active: Default::default(),
+                        last_assigned: 0,
+                        grace: None,
+                    })
+                });
+                if let Some(r) = row {
+                    a.user.name = r.name.clone();
+                    a.max = r.max_active.unwrap_or(self.cfg.max_active);
+                    a.bot = r.bot;
+                }
+                if let Some(h) = a.grace.take() {
+                    ctx.cancel_future(h);
+                }
+                if a.sessions.is_empty() && a.availability == Availability::Offline {
+                    a.availability = Availability::Online;
+                    a.last_assigned = tick;
+                }
+                a.sessions.insert(sid);
+                let ids: Vec<String> = a.active.iter().cloned().collect();
+                self.presence_agents.insert(m.user.id.clone());
+                ids.iter().filter_map(|c| self.snapshot(c)).collect()
+            }
+            _ => {
+                let c = self.customers.entry(m.user.id.clone()).or_default();
+                c.sessions.insert(sid);
+                let mut seen: HashSet<String> = HashSet::new();
+                let mut list: Vec<Conversation> = Vec::new();
+                let open = c.open.clone();
+                for id in open {
+                    if let Some(s) = self.snapshot(&id) {
+                        seen.insert(id);
+                        list.push(s);
+                    }
+                }
+                for row in m.stored {
+                    if seen.contains(&row.id) {
+                        continue;
+                    }
+                    match self.snapshot(&row.id) {
+                        Some(s) => list.push(s),
+                        None => list.push(conv_from_row(row).snapshot(None)),
+                    }
+                }
+                list.sort_by_key(|c| c.created_at);
+                list
+            }
+        };
+        let session = format!("s_{sid}");
+        let f = Out::Welcome {
+            session: &session,
+            node: &self.cfg.node_id,
+            user: &m.user,
+            token: m.token.as_deref(),
+            conversations: &conversations,
+            heartbeat_ms: self.cfg.heartbeat_ms,
+            limits: self.cfg.limits(),
+        }
+        .encode();
+        self.sessions.insert(
+            sid,
+            Sess { user: m.user, outbox: m.outbox, queued: m.queued, jam: m.jam, rooms: HashSet::new() },
+        );
+        self.send(sid, &f);
+        self.finish(ctx);
+    }
+}
+
+impl Handler<Disconnect> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, m: Disconnect, ctx: &mut Context<Self>) {
+        self.remove_session(m.sid, ctx);
+        self.finish(ctx);
+    }
+}
+
+impl Handler<ClientRequest> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, m: ClientRequest, ctx: &mut Context<Self>) {
+        let Some(s) = self.sessions.get(&m.sid) else { return };
+        if !m.loaded {
+            if let Some(cid) = conversation_of(&m.req) {
+                if !self.convs.contains_key(cid) {
+                    let cid = cid.to_string();
+                    self.load_then(cid, m, ctx);
+                    return;
+                }
+            }
+        }
+        let who = Who { user: s.user.clone(), sid: Some(m.sid) };
+        let (sid, r#ref) = (m.sid, m.r#ref.clone());
+        if let Err(e) = self.request(who, m.r#ref, m.req, ctx) {
+            self.reply_error(ReplyTo::Session { sid, r#ref }, e);
+        }
+        self.finish(ctx);
+    }
+}
+
+impl Handler<HttpSend> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, m: HttpSend, ctx: &mut Context<Self>) {
+        if !m.loaded && !self.convs.contains_key(&m.conversation) {
+            let cid = m.conversation.clone();
+            self.load_then(cid, m, ctx);
+            return;
+        }
+        let who = Who { user: m.caller.user, sid: None };
+        match self.prepare_send(&who, m.conversation, m.client_id, m.body, m.internal) {
+            Ok(msg) => {
+                let p = Pending::Send { reply: ReplyTo::HttpSend(m.reply), exclude: None };
+                self.submit_or_reply(WriteOp::Append(msg), p);
+            }
+            Err(e) => {
+                let _ = m.reply.send(Err(e));
+            }
+        }
+        self.finish(ctx);
+    }
+}
+
+impl Handler<HttpHistory> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, m: HttpHistory, ctx: &mut Context<Self>) {
+        if !m.loaded && !self.convs.contains_key(&m.conversation) {
+            let cid = m.conversation.clone();
+            self.load_then(cid, m, ctx);
+            return;
+        }
+        let who = Who { user: m.caller.user, sid: None };
+        let access = match self.conv_for(&who, &m.conversation) {
+            Ok((_, a)) => a,
+            Err(e) => {
+                let _ = m.reply.send(Err(e));
+                return;
+            }
+        };
+        let fut = self.store.history(&m.conversation, m.after_seq, m.limit);
+        let reply = m.reply;
+        ctx.spawn(
+            async move {
+                let _ = reply.send(fut.await.map(|(msgs, more)| page_for(access, msgs, more)).map_err(ApiError::from));
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<LiveConversations> for ChatServer {
+    type Result = Result<Vec<Conversation>, ApiError>;
+
+    fn handle(&mut self, m: LiveConversations, _: &mut Context<Self>) -> Self::Result {
+        if let Some(r) = &m.room {
+            if !self.rooms.contains_key(r) {
+                return Err(no_room(r));
+            }
+        }
+        let mut list: Vec<Conversation> = self
+            .convs
+            .values()
+            .filter(|c| c.status != ConvStatus::Closed)
+            .filter(|c| m.room.as_ref().is_none_or(|r| *r == c.room))
+            .filter(|c| m.status.is_none_or(|s| s == c.status))
+            .filter_map(|c| self.snapshot(&c.id))
+            .collect();
+        list.sort_by_key(|c| (c.queue_position.unwrap_or(u32::MAX), c.created_at));
+        Ok(list)
+    }
+}
+
+impl Handler<GetStats> for ChatServer {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(Stats {
+            sessions: self.sessions.len(),
+            conversations_in_memory: self.convs.len(),
+            queued: self.rooms.values().map(|r| r.queue.len()).sum(),
+            active: self.convs.values().filter(|c| c.status == ConvStatus::Active).count(),
+            agents_online: self.agents.values().filter(|a| !a.sessions.is_empty()).count(),
+            pending_writes: self.pending.len(),
+        })
+    }
+}
+
+impl Handler<Drain> for ChatServer {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
+        for s in self.sessions.values() {
+            s.outbox.do_send(Outbound::Close(close::GOING_AWAY, "server going away"));
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Every setting: its flag, its `PARLEY_*` environment variable, its default,
+//! validated once into [`Config`].
+
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// Default interval between server pings, in milliseconds.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 10_000;
+/// Default time a new connection has to send `hello`, in milliseconds.
+pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 10_000;
+/// Default time a vanished agent keeps their conversations, in milliseconds.
+pub const DEFAULT_AGENT_GRACE_MS: u64 = 30_000;
+/// Default lifetime of an agent token, in seconds (12 hours).
+pub const DEFAULT_AGENT_TOKEN_TTL_SECS: u64 = 12 * 3600;
+/// Lifetime of a customer resume token, in seconds (30 days).
+pub const CUSTOMER_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+
+#[derive(Parser, Debug)]
+#[command(name = "parley", version, about = "Parley: a self-hosted live-chat customer-support server")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+    /// Manage agent accounts.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataDirArg {
+    /// Folder holding parley.db and the signing secret.
+    #[arg(long, env = "PARLEY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Create an agent account.
+    Add {
+        name: String,
+        /// The password (visible in the process list; prefer --password-stdin).
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// How many conversations this agent serves at once (default: the server's --max-active).
+        #[arg(long)]
+        max_active: Option<u32>,
+        /// The account is a bot (served over the TCP gateway or HTTP).
+        #[arg(long)]
+        bot: bool,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// List agent accounts.
+    List {
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Remove an agent account.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// HTTP and WebSocket address.
+    #[arg(long, env = "PARLEY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub data: DataDirArg,
+    /// Rooms (queues), comma separated.
+    #[arg(long, env = "PARLEY_ROOMS", value_delimiter = ',', default_value = "support")]
+    pub rooms: Vec<String>,
+    /// Rooms where agents `accept` conversations instead of automatic assignment.
+    #[arg(long, env = "PARLEY_MANUAL_ROOMS", value_delimiter = ',')]
+    pub manual_rooms: Vec<String>,
+    /// Origins allowed to open a WebSocket, comma separated (the server's own origin always is).
+    #[arg(long, env = "PARLEY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Interval between server pings; 3 x this of silence closes a connection.
+    #[arg(long, env = "PARLEY_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT_MS)]
+    pub heartbeat_ms: u64,
+    /// How long a new connection has to send `hello`.
+    #[arg(long, env = "PARLEY_HELLO_TIMEOUT_MS", default_value_t = DEFAULT_HELLO_TIMEOUT_MS)]
+    pub hello_timeout_ms: u64,
+    /// Default capacity of an agent (conversations at once).
+    #[arg(long, env = "PARLEY_MAX_ACTIVE", default_value_t = 5)]
+    pub max_active: u32,
+    /// How long an agent whose sessions all went away keeps their conversations.
+    #[arg(long, env = "PARLEY_AGENT_GRACE_MS", default_value_t = DEFAULT_AGENT_GRACE_MS)]
+    pub agent_grace_ms: u64,
+    /// Longest message body, in Unicode scalar values.
+    #[arg(long, env = "PARLEY_MAX_BODY_CHARS", default_value_t = 4000)]
+    pub max_body_chars: usize,
+    /// Largest WebSocket frame accepted, in bytes (larger: close 1009).
+    #[arg(long, env = "PARLEY_MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub max_frame_bytes: usize,
+    /// Sustained requests per second per connection.
+    #[arg(long, env = "PARLEY_RATE_PER_SEC", default_value_t = 20)]
+    pub rate_per_sec: u32,
+    /// Burst of requests per connection above the sustained rate.
+    #[arg(long, env = "PARLEY_RATE_BURST", default_value_t = 40)]
+    pub rate_burst: u32,
+    /// Outbound queue bound per session, in messages (overflow: close 4008).
+    #[arg(long, env = "PARLEY_QUEUE_MESSAGES", default_value_t = 1024)]
+    pub queue_messages: usize,
+    /// Outbound queue bound per session, in bytes (overflow: close 4008).
+    #[arg(long, env = "PARLEY_QUEUE_BYTES", default_value_t = 1 << 20)]
+    pub queue_bytes: usize,
+    /// Token signing secret (otherwise generated once and kept in the data dir).
+    #[arg(long, env = "PARLEY_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Name of this node, reported in `welcome.node`.
+    #[arg(long, env = "PARLEY_NODE_ID", default_value = "n1")]
+    pub node_id: String,
+    /// Lifetime of agent tokens, in seconds.
+    #[arg(long, env = "PARLEY_AGENT_TOKEN_TTL_SECS", default_value_t = DEFAULT_AGENT_TOKEN_TTL_SECS)]
+    pub agent_token_ttl_secs: u64,
+    /// SQLite durability: `full` fsyncs every commit (survives power loss),
+    /// `normal` survives a process crash but may lose the last commits on power loss.
+    #[arg(long, env = "PARLEY_SYNC", default_value = "full", value_parser = ["full", "normal"])]
+    pub sync: String,
+}
+
+/// Validated settings of a running server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub rooms: Vec<String>,
+    pub manual_rooms: BTreeSet<String>,
+    pub allowed_origins: Vec<String>,
+    pub heartbeat_ms: u64,
+    pub hello_timeout_ms: u64,
+    pub max_active: u32,
+    pub agent_grace_ms: u64,
+    pub max_body_chars: usize,
+    pub max_frame_bytes: usize,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    pub secret: Option<String>,
+    pub node_id: String,
+    pub agent_token_ttl_secs: u64,
+    pub sync_full: bool,
+}
+
+fn valid_room_name(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Config {
+    /// Checks every setting once; the error says which flag to fix.
+    pub fn from_args(a: ServeArgs) -> Result<Config, String> {
+        let rooms: Vec<String> = a.rooms.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+        if rooms.is_empty() {
+            return Err("--rooms: give at least one room".into());
+        }
+        for r in &rooms {
+            if !valid_room_name(r) {
+                return Err(format!("--rooms: `{r}` is not a valid room name (letters, digits, - and _, at most 64)"));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for r in &rooms {
+            if !seen.insert(r) {
+                return Err(format!("--rooms: `{r}` is listed twice"));
+            }
+        }
+        let manual_rooms: BTreeSet<String> =
+            a.manual_rooms.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+        for r in &manual_rooms {
+            if !rooms.contains(r) {
+                return Err(format!("--manual-rooms: `{r}` is not one of --rooms ({})", rooms.join(",")));
+            }
+        }
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                Err(format!("--{name}: must be greater than 0"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("heartbeat-ms", a.heartbeat_ms)?;
+        positive("hello-timeout-ms", a.hello_timeout_ms)?;
+        positive("max-active", a.max_active as u64)?;
+        positive("max-body-chars", a.max_body_chars as u64)?;
+        positive("rate-per-sec", a.rate_per_sec as u64)?;
+        positive("rate-burst", a.rate_burst as u64)?;
+        positive("queue-messages", a.queue_messages as u64)?;
+        positive("agent-token-ttl-secs", a.agent_token_ttl_secs)?;
+        if a.max_frame_bytes < 1024 {
+            return Err("--max-frame-bytes: must be at least 1024".into());
+        }
+        if a.queue_bytes < a.max_frame_bytes {
+            return Err("--queue-bytes: must be at least --max-frame-bytes".into());
+        }
+        if let Some(s) = &a.secret {
+            if s.len() < 16 {
+                return Err("--secret: use at least 16 characters".into());
+            }
+        }
+        let allowed_origins = a
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        Ok(Config {
+            listen: a.listen,
+            data_dir: a.data.data_dir,
+            rooms,
+            manual_rooms,
+            allowed_origins,
+            heartbeat_ms: a.heartbeat_ms,
+            hello_timeout_ms: a.hello_timeout_ms,
+            max_active: a.max_active,
+            agent_grace_ms: a.agent_grace_ms,
+            max_body_chars: a.max_body_chars,
+            max_frame_bytes: a.max_frame_bytes,
+            rate_per_sec: a.rate_per_sec,
+            rate_burst: a.rate_burst,
+            queue_messages: a.queue_messages,
+            queue_bytes: a.queue_bytes,
+            secret: a.secret,
+            node_id: a.node_id,
+            agent_token_ttl_secs: a.agent_token_ttl_secs,
+            sync_full: a.sync == "full",
+        })
+    }
+
+    pub fn limits(&self) -> crate::protocol::Limits {
+        crate::protocol::Limits {
+            max_body_chars: self.max_body_chars,
+            max_frame_bytes: self.max_frame_bytes,
+            rate_per_sec: self.rate_per_sec,
+            rate_burst: self.rate_burst,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("parley.db")
+    }
+}

@@ -1,0 +1,215 @@
+//! The REST routes of PROTOCOL.md §9. Errors are JSON `{code, message}` with
+//! the matching status (error::ApiError).
+
+use super::AppState;
+use crate::auth::{dummy_hash, verify_password, Claims};
+use crate::chat::messages::{HttpCaller, HttpHistory, HttpSend, LiveConversations};
+use crate::error::ApiError;
+use crate::protocol::{ConvStatus, Conversation, Role, User, SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT};
+use crate::store::ConvFilter;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Closed conversations listed by `GET /api/conversations`, newest first.
+const CLOSED_LISTED: u32 = 200;
+
+fn claims(req: &HttpRequest, app: &AppState) -> Result<Claims, ApiError> {
+    let h = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let token = h
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
+    app.signer.verify(token.trim()).map_err(|why| ApiError::unauthorized(format!("token: {why}")))
+}
+
+/// The agent behind a bearer token, checked against the accounts table.
+async fn agent(req: &HttpRequest, app: &AppState) -> Result<User, ApiError> {
+    let c = claims(req, app)?;
+    if c.role != Role::Agent {
+        return Err(ApiError::forbidden("agents only"));
+    }
+    match app.store.agent_by_id(&c.sub).await? {
+        Some(a) => Ok(User { id: a.id, role: Role::Agent, name: a.name }),
+        None => Err(ApiError::unauthorized("token: this agent account no longer exists")),
+    }
+}
+
+async fn caller(req: &HttpRequest, app: &AppState) -> Result<User, ApiError> {
+    let c = claims(req, app)?;
+    match c.role {
+        Role::Agent => agent(req, app).await,
+        _ => Ok(User { id: c.sub, role: Role::Customer, name: c.name }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    name: String,
+    password: String,
+}
+
+pub async fn login(app: web::Data<AppState>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+    let Login { name, password } = body.into_inner();
+    let row = app.store.agent_by_name(&name).await?;
+    let hash = row.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_string());
+    // Argon2 takes tens of milliseconds of CPU: keep it off the worker thread.
+    let ok = web::block(move || verify_password(&password, &hash)).await.map_err(|_| ApiError::internal())?;
+    match row {
+        Some(a) if ok => {
+            let token = app.signer.issue(&a.id, Role::Agent, &a.name, app.cfg.agent_token_ttl_secs);
+            let user = User { id: a.id, role: Role::Agent, name: a.name };
+            Ok(HttpResponse::Ok().json(json!({"token": token, "agent": user})))
+        }
+        _ => {
+            super::metrics::counters().logins_failed.inc();
+            Err(ApiError::unauthorized("wrong name or password"))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    room: Option<String>,
+    status: Option<String>,
+}
+
+pub async fn list_conversations(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    agent(&req, &app).await?;
+    let q = q.into_inner();
+    let room = q.room.filter(|r| !r.is_empty());
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            ConvStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_request(format!("status: `{s}` is not queued, active or closed")))?,
+        ),
+    };
+    let mut list: Vec<Conversation> = Vec::new();
+    if status != Some(ConvStatus::Closed) {
+        list = app
+            .server
+            .send(LiveConversations { room: room.clone(), status })
+            .await
+            .map_err(|_| ApiError::unavailable("server busy"))??;
+    } else if let Some(r) = &room {
+        if !app.cfg.rooms.contains(r) {
+            return Err(ApiError::not_found(format!("no room `{r}`")));
+        }
+    }
+    if status.is_none() || status == Some(ConvStatus::Closed) {
+        let rows = app
+            .store
+            .conversations(ConvFilter {
+                room,
+                status: Some(ConvStatus::Closed),
+                customer_id: None,
+                limit: CLOSED_LISTED,
+            })
+            .await?;
+        list.extend(rows.into_iter().map(|r| Conversation {
+            id: r.id,
+            room: r.room,
+            status: r.status,
+            customer: r.customer,
+            agent: r.agent,
+            created_at: r.created_at,
+            last_seq: r.last_seq,
+            queue_position: None,
+        }));
+    }
+    Ok(HttpResponse::Ok().json(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    after_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+pub async fn get_messages(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let user = caller(&req, &app).await?;
+    let limit = q.limit.unwrap_or(SYNC_DEFAULT_LIMIT);
+    if limit == 0 || limit > SYNC_MAX_LIMIT {
+        return Err(ApiError::bad_request(format!("limit: must be 1 to {SYNC_MAX_LIMIT}")));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let msg = HttpHistory {
+        caller: HttpCaller { user },
+        conversation: path.into_inner(),
+        after_seq: q.after_seq.unwrap_or(0),
+        limit,
+        reply: tx,
+        loaded: false,
+    };
+    app.server.try_send(msg).map_err(|_| ApiError::unavailable("server busy, retry"))?;
+    let page = rx.await.map_err(|_| ApiError::internal())??;
+    let mut body = json!({"messages": page.messages, "more": page.more});
+    if let Some(h) = page.hidden_seqs {
+        body["hidden_seqs"] = json!(h);
+    } else {
+        body["hidden_seqs"] = json!([]);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    client_id: String,
+    body: String,
+    #[serde(default)]
+    internal: bool,
+}
+
+pub async fn post_message(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<PostMessage>,
+) -> Result<HttpResponse, ApiError> {
+    let user = agent(&req, &app).await?;
+    let b = body.into_inner();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let msg = HttpSend {
+        caller: HttpCaller { user },
+        conversation: path.into_inner(),
+        client_id: b.client_id,
+        body: b.body,
+        internal: b.internal,
+        reply: tx,
+        loaded: false,
+    };
+    app.server.try_send(msg).map_err(|_| ApiError::unavailable("server busy, retry"))?;
+    let m = rx.await.map_err(|_| ApiError::internal())??;
+    Ok(HttpResponse::Ok().json(json!({"id": m.id, "seq": m.seq, "ts": m.ts})))
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(app: web::Data<AppState>) -> HttpResponse {
+    match app.store.ping().await {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Err(e) => {
+            log::warn!("readyz: {e}");
+            HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable", "reason": "storage does not answer"}))
+        }
+    }
+}

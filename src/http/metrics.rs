@@ -1,0 +1,68 @@
+//! `GET /metrics` in Prometheus text format: the ChatServer's gauges, read at
+//! scrape time, and the process-wide counters below.
+
+use super::AppState;
+use crate::chat::messages::GetStats;
+use actix_web::{web, HttpResponse};
+use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use std::sync::OnceLock;
+
+pub struct Counters {
+    pub registry: Registry,
+    pub ws_connections: IntCounter,
+    pub logins_failed: IntCounter,
+    sessions: IntGauge,
+    conversations_in_memory: IntGauge,
+    queued: IntGauge,
+    active: IntGauge,
+    agents_online: IntGauge,
+    pending_writes: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    // Names are fixed literals registered once, so creation cannot fail.
+    let c = IntCounter::new(name, help).expect("valid metric name");
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name");
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
+pub fn counters() -> &'static Counters {
+    static C: OnceLock<Counters> = OnceLock::new();
+    C.get_or_init(|| {
+        let r = Registry::new();
+        Counters {
+            ws_connections: counter(&r, "parley_ws_connections_total", "WebSocket upgrades accepted"),
+            logins_failed: counter(&r, "parley_logins_failed_total", "Refused POST /api/login"),
+            sessions: gauge(&r, "parley_sessions", "Registered sessions"),
+            conversations_in_memory: gauge(&r, "parley_conversations_in_memory", "Conversations held in memory"),
+            queued: gauge(&r, "parley_conversations_queued", "Conversations waiting in a queue"),
+            active: gauge(&r, "parley_conversations_active", "Conversations assigned to an agent"),
+            agents_online: gauge(&r, "parley_agents_connected", "Agents with at least one session"),
+            pending_writes: gauge(&r, "parley_store_pending_writes", "Writes submitted and not yet committed"),
+            registry: r,
+        }
+    })
+}
+
+pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
+    let c = counters();
+    if let Ok(s) = app.server.send(GetStats).await {
+        c.sessions.set(s.sessions as i64);
+        c.conversations_in_memory.set(s.conversations_in_memory as i64);
+        c.queued.set(s.queued as i64);
+        c.active.set(s.active as i64);
+        c.agents_online.set(s.agents_online as i64);
+        c.pending_writes.set(s.pending_writes as i64);
+    }
+    let mut buf = Vec::new();
+    if TextEncoder::new().encode(&c.registry.gather(), &mut buf).is_err() {
+        return HttpResponse::InternalServerError().finish();
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(buf)
+}

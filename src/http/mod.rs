@@ -1,0 +1,52 @@
+//! The HTTP side: `api` (REST), `ws` (WebSocket upgrade and origin check),
+//! `pages` (the embedded web/ files), `metrics`; and `AppState`, shared by all.
+
+pub mod api;
+pub mod metrics;
+pub mod pages;
+pub mod ws;
+
+use crate::auth::Signer;
+use crate::chat::ChatServer;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::Store;
+use actix::Addr;
+use actix_web::web;
+use std::sync::Arc;
+
+/// The node's handles, shared by every HTTP worker.
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub server: Addr<ChatServer>,
+    pub store: Arc<dyn Store>,
+    pub signer: Arc<Signer>,
+}
+
+/// Largest JSON body of an HTTP request, in bytes.
+const MAX_JSON_BYTES: usize = 256 * 1024;
+
+/// Every route of PROTOCOL.md §9; extractor errors become JSON errors.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_JSON_BYTES)
+            .error_handler(|e, _| ApiError::bad_request(format!("request body: {e}")).into()),
+    )
+    .app_data(
+        web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(format!("query: {e}")).into()),
+    )
+    .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::bad_request(format!("path: {e}")).into()))
+    .route("/ws", web::get().to(ws::upgrade))
+    .route("/api/login", web::post().to(api::login))
+    .route("/api/conversations", web::get().to(api::list_conversations))
+    .route("/api/conversations/{id}/messages", web::get().to(api::get_messages))
+    .route("/api/conversations/{id}/messages", web::post().to(api::post_message))
+    .route("/healthz", web::get().to(api::healthz))
+    .route("/readyz", web::get().to(api::readyz))
+    .route("/metrics", web::get().to(metrics::metrics))
+    .route("/", web::get().to(pages::index))
+    .route("/agent", web::get().to(pages::agent))
+    .route("/{file:.*}", web::get().to(pages::file));
+}

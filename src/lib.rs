@@ -1,0 +1,24 @@
+//! Parley: a live-chat customer-support server.
+//!
+//! Crate map (data flows down: transport -> session -> ChatServer -> store):
+//! - `config`   every setting, its default and its environment variable
+//! - `protocol` protocol v1 types, close codes and the frame encoder
+//! - `error`    the error enum and its mapping to codes and HTTP statuses
+//! - `auth`     password hashes, signed tokens, ids
+//! - `session`  one actor per connection (WebSocket), rate limit, jam switch
+//! - `chat`     the ChatServer actor: routing, permissions, assignment, fan-out
+//! - `store`    the Store trait and its SQLite implementation (group commit)
+//! - `http`     REST API, WebSocket upgrade, pages, metrics
+//! - `serve`    wiring it all together and running until a signal
+//! - `cli`      the `parley agent ...` commands
+
+pub mod auth;
+pub mod chat;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod protocol;
+pub mod serve;
+pub mod session;
+pub mod store;

@@ -1,0 +1,18 @@
+//! The `parley` binary: parse the command line, start logging, run.
+
+use clap::Parser;
+use parley::config::{Cli, Command};
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => parley::serve::run(cli.serve),
+        Some(Command::Serve(args)) => parley::serve::run(args),
+        Some(Command::Agent { command }) => parley::cli::agent(command),
+    };
+    if let Err(e) = result {
+        eprintln!("parley: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,101 @@
+//! Starting a node: open the store, build the ChatServer from it, serve HTTP
+//! and WebSocket, and on SIGINT/SIGTERM drain sessions (close 1001) before exit.
+
+use crate::auth::{random_password, Signer};
+use crate::chat::ChatServer;
+use crate::config::{Config, ServeArgs};
+use crate::http::{self, ws::ConnSocket, AppState};
+use crate::store::sqlite::{self, SqliteStore};
+use crate::store::Store;
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time given to connections to close after the drain, before exit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let cfg = Arc::new(Config::from_args(args)?);
+    let conn = sqlite::open_admin(&cfg.data_dir)?;
+    let mut agents = sqlite::all_agents(&conn).map_err(|e| format!("cannot read agents: {e}"))?;
+    if agents.is_empty() {
+        let pw = random_password();
+        let a = sqlite::add_agent(&conn, "admin", &pw, None, false)?;
+        println!("created agent admin with password {pw}");
+        agents.push(a);
+    }
+    let open = sqlite::open_conversations(&conn).map_err(|e| format!("cannot read conversations: {e}"))?;
+    drop(conn);
+    let signer = Arc::new(
+        Signer::load(cfg.secret.as_deref(), &cfg.data_dir).map_err(|e| format!("cannot load the signing secret: {e}"))?,
+    );
+    let system = actix::System::new();
+    system.block_on(async move { serve(cfg, signer, agents, open).await })
+}
+
+async fn serve(
+    cfg: Arc<Config>,
+    signer: Arc<Signer>,
+    agents: Vec<crate::store::AgentRow>,
+    open: Vec<crate::store::ConvRow>,
+) -> Result<(), String> {
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cfg.sync_full, done_tx)?);
+    log::info!(
+        "loaded {} open conversations and {} agents from {}",
+        open.len(),
+        agents.len(),
+        cfg.db_path().display()
+    );
+    // The ChatServer gets its own thread, apart from the HTTP workers.
+    let arbiter = Arbiter::new();
+    let (c, s) = (cfg.clone(), store.clone());
+    let server = ChatServer::start_in_arbiter(&arbiter.handle(), move |_| ChatServer::new(c, s, open, agents, done_rx));
+    let state = AppState { cfg: cfg.clone(), server: server.clone(), store, signer };
+    let http = HttpServer::new(move || App::new().app_data(web::Data::new(state.clone())).configure(http::routes))
+        .on_connect(|conn, ext| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                if let Ok(peer) = tcp.peer_addr() {
+                    ext.insert(ConnSocket { fd: tcp.as_raw_fd(), peer });
+                }
+            }
+        })
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .bind(&cfg.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    for addr in http.addrs() {
+        println!("listening http={addr}");
+    }
+    let _ = std::io::stdout().flush();
+    let running = http.run();
+    let handle = running.handle();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        log::info!("shutting down: closing sessions with 1001");
+        server.do_send(crate::chat::messages::Drain);
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        handle.stop(true).await;
+    });
+    running.await.map_err(|e| format!("server failed: {e}"))?;
+    arbiter.stop();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Storage: the [`Store`] trait, the rows it returns and the writes it takes.
+//! Implementations: `sqlite` (embedded default).
+//!
+//! Guarantees every implementation gives:
+//! - Writes ([`Store::submit`]) are applied in submission order and committed in
+//!   batches (group commit). Each write's [`Completion`] is delivered only after
+//!   its batch is durable, and completions arrive in submission order.
+//! - A message's `seq` is assigned by the store inside the committing
+//!   transaction: per conversation 1, 2, 3, … with no gaps.
+//! - A text or note repeated by the same sender with the same `client_id` is
+//!   not stored again: the completion carries the original, `duplicate: true`.
+//! - Read markers only move forward.
+//! - A failed write applied nothing.
+
+pub mod sqlite;
+
+use crate::error::StoreError;
+use crate::protocol::{ConvStatus, Message, Ts, User};
+use std::future::Future;
+use std::pin::Pin;
+
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// A conversation as stored.
+#[derive(Debug, Clone)]
+pub struct ConvRow {
+    pub id: String,
+    pub room: String,
+    pub status: ConvStatus,
+    pub customer: User,
+    pub agent: Option<User>,
+    pub created_at: Ts,
+    pub queued_at: Ts,
+    pub last_seq: u64,
+    pub rated: bool,
+}
+
+/// An agent account as stored.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    pub password_hash: String,
+    pub max_active: Option<u32>,
+    pub bot: bool,
+}
+
+/// Filter for [`Store::conversations`].
+#[derive(Debug, Clone, Default)]
+pub struct ConvFilter {
+    pub room: Option<String>,
+    pub status: Option<ConvStatus>,
+    pub customer_id: Option<String>,
+    pub limit: u32,
+}
+
+/// A message to append; the store assigns `seq`.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub conversation: String,
+    pub ts: Ts,
+    pub from: User,
+    pub kind: crate::protocol::MsgKind,
+    pub body: String,
+    pub client_id: Option<String>,
+    pub event: Option<serde_json::Value>,
+}
+
+impl NewMessage {
+    pub fn with_seq(self, seq: u64) -> Message {
+        Message {
+            id: self.id,
+            conversation: self.conversation,
+            seq,
+            ts: self.ts,
+            from: self.from,
+            kind: self.kind,
+            body: self.body,
+            client_id: self.client_id,
+            event: self.event,
+        }
+    }
+}
+
+/// One durable change.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Changes nothing; completes once everything submitted before it has.
+    Barrier,
+    /// Stores a new conversation.
+    CreateConversation(ConvRow),
+    /// Appends a message. Texts and notes: `conflict` if the conversation is
+    /// closed, `not_found` if it does not exist; deduplicated on (sender, client_id).
+    Append(NewMessage),
+    /// Sets status, assignee and queue time, and appends the event, atomically.
+    Update {
+        status: ConvStatus,
+        agent: Option<User>,
+        queued_at: Ts,
+        event: NewMessage,
+    },
+    /// Records a rating of a closed conversation and appends the event;
+    /// `conflict` if not closed or already rated.
+    Rate {
+        score: u8,
+        comment: Option<String>,
+        event: NewMessage,
+    },
+    /// Moves a read marker forward (never back).
+    Read { conversation: String, user_id: String, seq: u64 },
+}
+
+/// What a committed write produced.
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    Done,
+    /// The stored message (the original one when `duplicate`).
+    Appended { message: Message, duplicate: bool },
+}
+
+/// The result of one write, tagged with the caller's token.
+#[derive(Debug)]
+pub struct Completion {
+    pub token: u64,
+    pub result: Result<WriteOutcome, StoreError>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Queues a write; its completion arrives later on the completion channel
+    /// the store was opened with, after commit, in submission order.
+    fn submit(&self, token: u64, op: WriteOp);
+    /// Messages with `seq > after_seq`, ascending, at most `limit`, and whether more follow.
+    fn history(&self, conversation: &str, after_seq: u64, limit: u32) -> StoreFuture<(Vec<Message>, bool)>;
+    fn conversation(&self, id: &str) -> StoreFuture<Option<ConvRow>>;
+    /// Newest first, at most `filter.limit`.
+    fn conversations(&self, filter: ConvFilter) -> StoreFuture<Vec<ConvRow>>;
+    fn agent_by_id(&self, id: &str) -> StoreFuture<Option<AgentRow>>;
+    fn agent_by_name(&self, name: &str) -> StoreFuture<Option<AgentRow>>;
+    /// Read markers of a conversation: (user id, seq).
+    fn read_markers(&self, conversation: &str) -> StoreFuture<Vec<(String, u64)>>;
+    /// Answers when the database does.
+    fn ping(&self) -> StoreFuture<()>;
+}

@@ -1,0 +1,514 @@
+//! The SQLite store: one writer thread that applies writes in batches (one
+//! transaction and one fsync per batch), and a small pool of reader
+//! connections used from tokio's blocking threads. WAL mode lets readers run
+//! beside the writer.
+
+use super::*;
+use crate::auth;
+use crate::protocol::{now_ms, MsgKind, Role};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+/// How long a connection waits for a lock held by another process (the CLI), ms.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Reader connections kept open for reuse.
+const MAX_IDLE_READERS: usize = 8;
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<std_mpsc::Sender<(u64, WriteOp)>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn open_conn(path: &Path, full_sync: bool) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" })?;
+    Ok(conn)
+}
+
+/// Opens (creating if needed) the database and brings its schema up to date.
+pub fn open_admin(data_dir: &Path) -> Result<Connection, String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let path = data_dir.join("parley.db");
+    let mut conn = open_conn(&path, true).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    migrate(&mut conn).map_err(|e| format!("cannot migrate {}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens the store and starts its writer thread; completions of writes go to `done`.
+    pub fn open(
+        data_dir: &Path,
+        full_sync: bool,
+        done: UnboundedSender<Vec<Completion>>,
+    ) -> Result<SqliteStore, String> {
+        drop(open_admin(data_dir)?);
+        let path = data_dir.join("parley.db");
+        let conn = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("parley-store-writer".into())
+            .spawn(move || writer_loop(conn, rx, done))
+            .map_err(|e| format!("cannot start the store writer: {e}"))?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(tx),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Runs `f` on a reader connection on a blocking thread.
+    fn read<T, F>(&self, f: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            let res = tokio::task::spawn_blocking(move || {
+                let conn = match pool.lock().pop() {
+                    Some(c) => c,
+                    None => open_conn(&path, true)?,
+                };
+                let out = f(&conn);
+                let mut idle = pool.lock();
+                if idle.len() < MAX_IDLE_READERS {
+                    idle.push(conn);
+                }
+                out
+            })
+            .await;
+            match res {
+                Ok(r) => r.map_err(StoreError::from),
+                Err(e) => Err(StoreError::Unavailable(format!("reader task failed: {e}"))),
+            }
+        })
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: std_mpsc::Receiver<(u64, WriteOp)>,
+    done: UnboundedSender<Vec<Completion>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let results = apply_batch(&mut conn, &batch);
+        let completions = batch
+            .drain(..)
+            .zip(results)
+            .map(|((token, _), result)| Completion { token, result })
+            .collect();
+        if done.send(completions).is_err() {
+            break; // the server is gone
+        }
+    }
+}
+
+/// Applies every op in one transaction. Ops check before they write, so a
+/// refused op (conflict, not found) writes nothing; a database failure fails
+/// the whole batch, which is rolled back.
+fn apply_batch(conn: &mut Connection, batch: &[(u64, WriteOp)]) -> Vec<Result<WriteOutcome, StoreError>> {
+    let run = |conn: &mut Connection| -> rusqlite::Result<Vec<Result<WriteOutcome, StoreError>>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (_, op) in batch {
+            out.push(apply(&tx, op)?);
+        }
+        tx.commit()?;
+        Ok(out)
+    };
+    match run(conn) {
+        Ok(out) => out,
+        Err(e) => {
+            log::error!("store: batch of {} writes failed and was rolled back: {e}", batch.len());
+            batch
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(e.to_string())))
+                .collect()
+        }
+    }
+}
+
+/// Outer error: the database failed (fails the batch). Inner error: the op was refused.
+fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<WriteOutcome, StoreError>> {
+    match op {
+        WriteOp::Barrier => Ok(Ok(WriteOutcome::Done)),
+        WriteOp::CreateConversation(c) => {
+            tx.prepare_cached(
+                "INSERT INTO conversations (id, room, status, customer_id, customer_name, agent_id, agent_name,
+                 created_at, queued_at, last_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
+            )?
+            .execute(params![
+                c.id,
+                c.room,
+                c.status.as_str(),
+                c.customer.id,
+                c.customer.name,
+                c.agent.as_ref().map(|a| &a.id),
+                c.agent.as_ref().map(|a| &a.name),
+                c.created_at,
+                c.queued_at
+            ])?;
+            Ok(Ok(WriteOutcome::Done))
+        }
+        WriteOp::Append(m) => {
+            if let Some(cid) = &m.client_id {
+                let orig = tx
+                    .prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_id = ?2"))?
+                    .query_row(params![m.from.id, cid], message_from_row)
+                    .optional()?;
+                if let Some(message) = orig {
+                    return Ok(Ok(WriteOutcome::Appended { message, duplicate: true }));
+                }
+            }
+            let open_only = m.kind != MsgKind::Event;
+            let seq: Option<u64> = tx
+                .prepare_cached(
+                    "UPDATE conversations SET last_seq = last_seq + 1
+                     WHERE id = ?1 AND (?2 = 0 OR status != 'closed') RETURNING last_seq",
+                )?
+                .query_row(params![m.conversation, open_only as i64], |r| r.get(0))
+                .optional()?;
+            let Some(seq) = seq else {
+                let exists: Option<i64> = tx
+                    .prepare_cached("SELECT 1 FROM conversations WHERE id = ?1")?
+                    .query_row(params![m.conversation], |r| r.get(0))
+                    .optional()?;
+                return Ok(Err(match exists {
+                    Some(_) => StoreError::Conflict(format!("conversation {} is closed", m.conversation)),
+                    None => StoreError::NotFound(format!("no conversation {}", m.conversation)),
+                }));
+            };
+            insert_message(tx, m, seq)?;
+            Ok(Ok(WriteOutcome::Appended {
+                message: m.clone().with_seq(seq),
+                duplicate: false,
+            }))
+        }
+        WriteOp::Update {
+            status,
+            agent,
+            queued_at,
+            event,
+        } => {
+            let closed_at = (*status == ConvStatus::Closed).then_some(event.ts);
+            let seq: Option<u64> = tx
+                .prepare_cached(
+                    "UPDATE conversations SET status = ?2, agent_id = ?3,
+                     agent_name = ?4, queued_at = ?5,
+                     closed_at = COALESCE(?6, closed_at), last_seq = last_seq + 1
+                     WHERE id = ?1 RETURNING last_seq",
+                )?
+                .query_row(
+                    params![
+                        event.conversation,
+                        status.as_str(),
+                        agent.as_ref().map(|a| &a.id),
+                        agent.as_ref().map(|a| &a.name),
+                        queued_at,
+                        closed_at
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(seq) = seq else {
+                return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
+            };
+            insert_message(tx, event, seq)?;
+            Ok(Ok(WriteOutcome::Appended {
+                message: event.clone().with_seq(seq),
+                duplicate: false,
+            }))
+        }
+        WriteOp::Rate { score, comment, event } => {
+            let state: Option<(String, Option<i64>)> = tx
+                .prepare_cached("SELECT status, rating FROM conversations WHERE id = ?1")?
+                .query_row(params![event.conversation], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match state {
+                None => return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation)))),
+                Some((s, _)) if s != "closed" => {
+                    return Ok(Err(StoreError::Conflict("only a closed conversation can be rated".into())))
+                }
+                Some((_, Some(_))) => return Ok(Err(StoreError::Conflict("this conversation is already rated".into()))),
+                _ => {}
+            }
+            let seq: u64 = tx
+                .prepare_cached(
+                    "UPDATE conversations SET rating = ?2, rating_comment = ?3, last_seq = last_seq + 1
+                     WHERE id = ?1 RETURNING last_seq",
+                )?
+                .query_row(params![event.conversation, *score as i64, comment], |r| r.get(0))?;
+            insert_message(tx, event, seq)?;
+            Ok(Ok(WriteOutcome::Appended {
+                message: event.clone().with_seq(seq),
+                duplicate: false,
+            }))
+        }
+        WriteOp::Read {
+            conversation,
+            user_id,
+            seq,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO read_markers (conversation_id, user_id, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?
+            .execute(params![conversation, user_id, *seq as i64])?;
+            Ok(Ok(WriteOutcome::Done))
+        }
+    }
+}
+
+fn insert_message(tx: &rusqlite::Transaction, m: &NewMessage, seq: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO messages (conversation_id, seq, id, ts, sender_id, sender_role, sender_name, kind, body,
+         client_id, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        m.conversation,
+        seq as i64,
+        m.id,
+        m.ts,
+        m.from.id,
+        m.from.role.as_str(),
+        m.from.name,
+        m.kind.as_str(),
+        m.body,
+        m.client_id,
+        m.event.as_ref().map(|e| e.to_string())
+    ])?;
+    Ok(())
+}
+
+const MSG_COLS: &str =
+    "conversation_id, seq, id, ts, sender_id, sender_role, sender_name, kind, body, client_id, event";
+
+fn message_from_row(r: &Row) -> rusqlite::Result<Message> {
+    let role: String = r.get(5)?;
+    let kind: String = r.get(7)?;
+    let event: Option<String> = r.get(10)?;
+    Ok(Message {
+        conversation: r.get(0)?,
+        seq: r.get(1)?,
+        id: r.get(2)?,
+        ts: r.get(3)?,
+        from: User {
+            id: r.get(4)?,
+            role: Role::parse(&role).unwrap_or(Role::System),
+            name: r.get(6)?,
+        },
+        kind: MsgKind::parse(&kind).unwrap_or(MsgKind::Text),
+        body: r.get(8)?,
+        client_id: r.get(9)?,
+        event: event.and_then(|e| serde_json::from_str(&e).ok()),
+    })
+}
+
+const CONV_COLS: &str =
+    "id, room, status, customer_id, customer_name, agent_id, agent_name, created_at, queued_at, last_seq, rating";
+
+fn conv_from_row(r: &Row) -> rusqlite::Result<ConvRow> {
+    let status: String = r.get(2)?;
+    let agent_id: Option<String> = r.get(5)?;
+    let agent_name: Option<String> = r.get(6)?;
+    let rating: Option<i64> = r.get(10)?;
+    Ok(ConvRow {
+        id: r.get(0)?,
+        room: r.get(1)?,
+        status: ConvStatus::parse(&status).unwrap_or(ConvStatus::Closed),
+        customer: User {
+            id: r.get(3)?,
+            role: Role::Customer,
+            name: r.get(4)?,
+        },
+        agent: agent_id.map(|id| User {
+            id,
+            role: Role::Agent,
+            name: agent_name.unwrap_or_default(),
+        }),
+        created_at: r.get(7)?,
+        queued_at: r.get(8)?,
+        last_seq: r.get(9)?,
+        rated: rating.is_some(),
+    })
+}
+
+fn agent_from_row(r: &Row) -> rusqlite::Result<AgentRow> {
+    Ok(AgentRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        password_hash: r.get(2)?,
+        max_active: r.get(3)?,
+        bot: r.get::<_, i64>(4)? != 0,
+    })
+}
+
+const AGENT_COLS: &str = "id, name, password_hash, max_active, bot";
+
+impl Store for SqliteStore {
+    fn submit(&self, token: u64, op: WriteOp) {
+        // The writer thread only stops when the process does.
+        let _ = self.writer.lock().send((token, op));
+    }
+
+    fn history(&self, conversation: &str, after_seq: u64, limit: u32) -> StoreFuture<(Vec<Message>, bool)> {
+        let conversation = conversation.to_string();
+        self.read(move |c| {
+            let mut rows: Vec<Message> = c
+                .prepare_cached(&format!(
+                    "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ))?
+                .query_map(params![conversation, after_seq as i64, limit as i64 + 1], message_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            Ok((rows, more))
+        })
+    }
+
+    fn conversation(&self, id: &str) -> StoreFuture<Option<ConvRow>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {CONV_COLS} FROM conversations WHERE id = ?1"))?
+                .query_row(params![id], conv_from_row)
+                .optional()
+        })
+    }
+
+    fn conversations(&self, f: ConvFilter) -> StoreFuture<Vec<ConvRow>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {CONV_COLS} FROM conversations WHERE (?1 IS NULL OR room = ?1)
+                 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR customer_id = ?3)
+                 ORDER BY created_at DESC LIMIT ?4"
+            ))?
+            .query_map(
+                params![f.room, f.status.map(|s| s.as_str()), f.customer_id, f.limit as i64],
+                conv_from_row,
+            )?
+            .collect()
+        })
+    }
+
+    fn agent_by_id(&self, id: &str) -> StoreFuture<Option<AgentRow>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?
+                .query_row(params![id], agent_from_row)
+                .optional()
+        })
+    }
+
+    fn agent_by_name(&self, name: &str) -> StoreFuture<Option<AgentRow>> {
+        let name = name.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1"))?
+                .query_row(params![name], agent_from_row)
+                .optional()
+        })
+    }
+
+    fn read_markers(&self, conversation: &str) -> StoreFuture<Vec<(String, u64)>> {
+        let conversation = conversation.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT user_id, seq FROM read_markers WHERE conversation_id = ?1")?
+                .query_map(params![conversation], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+}
+
+// ---------------------------------------------------------------- startup and admin (synchronous)
+
+/// Every conversation that is not closed (the live state a node starts from).
+pub fn open_conversations(conn: &Connection) -> rusqlite::Result<Vec<ConvRow>> {
+    conn.prepare(&format!(
+        "SELECT {CONV_COLS} FROM conversations WHERE status != 'closed' ORDER BY queued_at, created_at"
+    ))?
+    .query_map([], conv_from_row)?
+    .collect()
+}
+
+pub fn all_agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRow>> {
+    conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?
+        .query_map([], agent_from_row)?
+        .collect()
+}
+
+/// Creates an agent account; an error that says what to fix when the name is taken.
+pub fn add_agent(conn: &Connection, name: &str, password: &str, max_active: Option<u32>, bot: bool) -> Result<AgentRow, String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(|c| c.is_control()) {
+        return Err("agent name: 1 to 64 printable characters".into());
+    }
+    if password.is_empty() {
+        return Err("password: must not be empty".into());
+    }
+    if max_active == Some(0) {
+        return Err("--max-active: must be greater than 0".into());
+    }
+    let hash = auth::hash_password(password)?;
+    let id = auth::new_id("a_");
+    match conn.execute(
+        "INSERT INTO agents (id, name, password_hash, max_active, bot, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, name, hash, max_active, bot as i64, now_ms()],
+    ) {
+        Ok(_) => Ok(AgentRow {
+            id,
+            name: name.to_string(),
+            password_hash: hash,
+            max_active,
+            bot,
+        }),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(format!("an agent named `{name}` already exists"))
+        }
+        Err(e) => Err(format!("cannot add agent: {e}")),
+    }
+}
+
+pub fn remove_agent(conn: &Connection, name: &str) -> Result<(), String> {
+    match conn.execute("DELETE FROM agents WHERE name = ?1", params![name]) {
+        Ok(0) => Err(format!("no agent named `{name}`")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot remove agent: {e}")),
+    }
+}
