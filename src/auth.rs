@@ -39,10 +39,7 @@ pub struct Signer {
 }
 
 fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Signer {
@@ -82,12 +79,7 @@ impl Signer {
     }
 
     pub fn issue(&self, sub: &str, role: Role, name: &str, ttl_secs: u64) -> String {
-        let claims = Claims {
-            sub: sub.to_string(),
-            role,
-            name: name.to_string(),
-            exp: unix_secs() + ttl_secs,
-        };
+        let claims = Claims { sub: sub.to_string(), role, name: name.to_string(), exp: unix_secs() + ttl_secs };
         let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let sig = B64.encode(self.mac(payload.as_bytes()));
         format!("{payload}.{sig}")

@@ -32,10 +32,7 @@ pub const SYNC_DEFAULT_LIMIT: u32 = 100;
 pub const SYNC_MAX_LIMIT: u32 = 500;
 
 pub fn now_ms() -> Ts {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,11 +70,7 @@ pub struct User {
 
 impl User {
     pub fn system() -> User {
-        User {
-            id: "system".into(),
-            role: Role::System,
-            name: "Parley".into(),
-        }
+        User { id: "system".into(), role: Role::System, name: "Parley".into() }
     }
 }
 
@@ -476,24 +469,11 @@ impl Out<'_> {
 }
 
 pub fn ack(r#ref: Option<&str>) -> ByteString {
-    Out::Ack {
-        r#ref,
-        client_id: None,
-        conversation: None,
-        seq: None,
-        id: None,
-        ts: None,
-    }
-    .encode()
+    Out::Ack { r#ref, client_id: None, conversation: None, seq: None, id: None, ts: None }.encode()
 }
 
 pub fn error_frame(r#ref: Option<&str>, e: &ApiError) -> ByteString {
-    Out::Error {
-        r#ref,
-        code: e.code,
-        message: &e.message,
-    }
-    .encode()
+    Out::Error { r#ref, code: e.code, message: &e.message }.encode()
 }
 
 /// A shared, serialized frame.

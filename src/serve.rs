@@ -30,7 +30,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let open = sqlite::open_conversations(&conn).map_err(|e| format!("cannot read conversations: {e}"))?;
     drop(conn);
     let signer = Arc::new(
-        Signer::load(cfg.secret.as_deref(), &cfg.data_dir).map_err(|e| format!("cannot load the signing secret: {e}"))?,
+        Signer::load(cfg.secret.as_deref(), &cfg.data_dir)
+            .map_err(|e| format!("cannot load the signing secret: {e}"))?,
     );
     let system = actix::System::new();
     system.block_on(async move { serve(cfg, signer, agents, open).await })
@@ -44,12 +45,7 @@ async fn serve(
 ) -> Result<(), String> {
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cfg.sync_full, done_tx)?);
-    log::info!(
-        "loaded {} open conversations and {} agents from {}",
-        open.len(),
-        agents.len(),
-        cfg.db_path().display()
-    );
+    log::info!("loaded {} open conversations and {} agents from {}", open.len(), agents.len(), cfg.db_path().display());
     // The ChatServer gets its own thread, apart from the HTTP workers.
     let arbiter = Arbiter::new();
     let (c, s) = (cfg.clone(), store.clone());

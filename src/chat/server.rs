@@ -144,7 +144,9 @@ impl ChatServer {
             match conv.status {
                 ConvStatus::Queued => match rooms.get_mut(&conv.room) {
                     Some(r) => r.queue.push_back(conv.id.clone()),
-                    None => log::warn!("conversation {} waits in room `{}`, which is not configured", conv.id, conv.room),
+                    None => {
+                        log::warn!("conversation {} waits in room `{}`, which is not configured", conv.id, conv.room)
+                    }
                 },
                 ConvStatus::Active => {
                     if let Some(a) = &conv.agent {
@@ -324,28 +326,35 @@ impl ChatServer {
 
     // ------------------------------------------------------------ writes
 
-    fn submit(&mut self, op: WriteOp, p: Pending) -> Result<(), (Pending, ApiError)> {
+    /// Refuses new writes while too many are in flight (the store's queue stays bounded).
+    fn busy(&self) -> Result<(), ApiError> {
         if self.pending.len() >= MAX_PENDING_WRITES {
-            return Err((p, ApiError::unavailable("server busy: too many writes in flight, retry later")));
+            return Err(ApiError::unavailable("server busy: too many writes in flight, retry later"));
         }
+        Ok(())
+    }
+
+    fn submit(&mut self, op: WriteOp, p: Pending) {
         let token = self.next_token;
         self.next_token += 1;
         self.pending.insert(token, p);
         self.store.submit(token, op);
-        Ok(())
     }
 
-    /// Submits; when refused, answers the requester with the error.
+    /// Submits; when busy, answers the requester with the error instead.
     fn submit_or_reply(&mut self, op: WriteOp, p: Pending) {
-        if let Err((p, e)) = self.submit(op, p) {
-            let reply = match p {
-                Pending::Open { reply, .. }
-                | Pending::Send { reply, .. }
-                | Pending::Change { reply, .. }
-                | Pending::Rate { reply, .. } => reply,
-                Pending::Read { .. } => ReplyTo::None,
-            };
-            self.reply_error(reply, e);
+        match self.busy() {
+            Ok(()) => self.submit(op, p),
+            Err(e) => {
+                let reply = match p {
+                    Pending::Open { reply, .. }
+                    | Pending::Send { reply, .. }
+                    | Pending::Change { reply, .. }
+                    | Pending::Rate { reply, .. } => reply,
+                    Pending::Read { .. } => ReplyTo::None,
+                };
+                self.reply_error(reply, e);
+            }
         }
     }
 
@@ -433,6 +442,9 @@ impl ChatServer {
         reply: ReplyTo,
     ) {
         let Some(conv) = self.convs.get(cid) else { return };
+        if let Err(e) = self.busy() {
+            return self.reply_error(reply, e);
+        }
         let before = conv.core();
         let also = before.agent.as_ref().map(|a| a.id.clone());
         let now = now_ms();
@@ -461,13 +473,7 @@ impl ChatServer {
             event: Some(event),
         };
         let op = WriteOp::Update { status, agent, queued_at, event: msg };
-        let p = Pending::Change { reply, conv: cid.to_string(), undo: before.clone(), also };
-        if let Err((p, e)) = self.submit(op, p) {
-            self.apply_core(cid, before, QueuePlace::Front);
-            if let Pending::Change { reply, .. } = p {
-                self.reply_error(reply, e);
-            }
-        }
+        self.submit(op, Pending::Change { reply, conv: cid.to_string(), undo: before, also });
     }
 
     fn assign_room(&mut self, room: &str) {
@@ -732,7 +738,13 @@ impl ChatServer {
         Ok((conv, access))
     }
 
-    fn request(&mut self, who: Who, r#ref: Option<String>, req: Request, ctx: &mut Context<Self>) -> Result<(), ApiError> {
+    fn request(
+        &mut self,
+        who: Who,
+        r#ref: Option<String>,
+        req: Request,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), ApiError> {
         let sid = who.sid.unwrap_or(0);
         let reply = ReplyTo::Session { sid, r#ref: r#ref.clone() };
         match req {
@@ -796,7 +808,8 @@ impl ChatServer {
                 if let Some(c) = self.convs.get_mut(&r.conversation) {
                     c.reads.insert(who.user.id.clone(), r.seq);
                 }
-                let op = WriteOp::Read { conversation: r.conversation.clone(), user_id: who.user.id.clone(), seq: r.seq };
+                let op =
+                    WriteOp::Read { conversation: r.conversation.clone(), user_id: who.user.id.clone(), seq: r.seq };
                 self.submit_or_reply(op, Pending::Read { conv: r.conversation, from: who.user, seq: r.seq });
                 Ok(())
             }
@@ -822,7 +835,9 @@ impl ChatServer {
                     ConvStatus::Active => {
                         return Err(ApiError::conflict(format!("conversation {} is already taken", conv.id)))
                     }
-                    ConvStatus::Closed => return Err(ApiError::conflict(format!("conversation {} is closed", conv.id))),
+                    ConvStatus::Closed => {
+                        return Err(ApiError::conflict(format!("conversation {} is closed", conv.id)))
+                    }
                 }
                 self.check_capacity(&who.user.id)?;
                 self.assign(&a.conversation, who.user, reply);
@@ -883,14 +898,21 @@ impl ChatServer {
                 let availability = match s.availability.as_str() {
                     "online" => Availability::Online,
                     "away" => Availability::Away,
-                    other => return Err(ApiError::bad_request(format!("availability: `{other}` is not online or away"))),
+                    other => {
+                        return Err(ApiError::bad_request(format!("availability: `{other}` is not online or away")))
+                    }
                 };
                 if let Some(a) = self.agents.get_mut(&who.user.id) {
                     if a.availability != availability {
                         a.availability = availability;
                         self.presence_agents.insert(who.user.id.clone());
                         if availability == Availability::Online {
-                            self.assign_rooms.extend(self.rooms.iter().filter(|(_, r)| r.agents.contains_key(&who.user.id)).map(|(n, _)| n.clone()));
+                            self.assign_rooms.extend(
+                                self.rooms
+                                    .iter()
+                                    .filter(|(_, r)| r.agents.contains_key(&who.user.id))
+                                    .map(|(n, _)| n.clone()),
+                            );
                         }
                     }
                 }
@@ -947,8 +969,8 @@ impl ChatServer {
             last_seq: 0,
             rated: false,
         };
-        self.submit(WriteOp::CreateConversation(row), Pending::Open { reply, conv: id.clone() })
-            .map_err(|(_, e)| e)?;
+        self.busy()?;
+        self.submit(WriteOp::CreateConversation(row), Pending::Open { reply, conv: id.clone() });
         let r = self.rooms.get_mut(&room).ok_or_else(|| no_room(&room))?;
         r.queue.push_back(id.clone());
         let pos = r.queue.len() as u32;
@@ -1037,7 +1059,9 @@ impl ChatServer {
     fn check_capacity(&self, agent_id: &str) -> Result<(), ApiError> {
         match self.agents.get(agent_id) {
             Some(a) if (a.active.len() as u32) < a.max => Ok(()),
-            Some(a) => Err(ApiError::conflict(format!("{} is at capacity ({} of {})", a.user.name, a.active.len(), a.max))),
+            Some(a) => {
+                Err(ApiError::conflict(format!("{} is at capacity ({} of {})", a.user.name, a.active.len(), a.max)))
+            }
             None => Err(ApiError::not_found(format!("no agent {agent_id}"))),
         }
     }
@@ -1067,7 +1091,16 @@ impl ChatServer {
                 let target = target.user.clone();
                 let event = json!({"name": "transferred", "from_agent": who.user, "to_agent": target, "to_room": null});
                 let body = format!("{} transferred the conversation to {}", who.user.name, target.name);
-                self.change(&t.conversation, ConvStatus::Active, Some(target), None, QueuePlace::Back, event, body, reply);
+                self.change(
+                    &t.conversation,
+                    ConvStatus::Active,
+                    Some(target),
+                    None,
+                    QueuePlace::Back,
+                    event,
+                    body,
+                    reply,
+                );
                 Ok(())
             }
             (None, Some(room)) => {
@@ -1076,7 +1109,16 @@ impl ChatServer {
                 }
                 let event = json!({"name": "transferred", "from_agent": who.user, "to_agent": null, "to_room": room});
                 let body = format!("{} transferred the conversation to {}", who.user.name, room);
-                self.change(&t.conversation, ConvStatus::Queued, None, Some(room), QueuePlace::Back, event, body, reply);
+                self.change(
+                    &t.conversation,
+                    ConvStatus::Queued,
+                    None,
+                    Some(room),
+                    QueuePlace::Back,
+                    event,
+                    body,
+                    reply,
+                );
                 Ok(())
             }
             _ => Err(ApiError::bad_request("transfer: give exactly one of to_agent and to_room")),
@@ -1215,11 +1257,17 @@ impl Actor for ChatServer {
         // Agents holding conversations from before a restart get the grace
         // period to come back.
         let grace = Duration::from_millis(self.cfg.agent_grace_ms);
-        let waiting: Vec<String> =
-            self.agents.iter().filter(|(_, a)| !a.active.is_empty() && a.sessions.is_empty()).map(|(id, _)| id.clone()).collect();
+        let waiting: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.active.is_empty() && a.sessions.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in waiting {
             let handle = ctx.run_later(grace, move |act, ctx| act.grace_expired(&id, ctx));
-            if let Some(a) = self.agents.values_mut().find(|a| a.grace.is_none() && a.sessions.is_empty() && !a.active.is_empty()) {
+            if let Some(a) =
+                self.agents.values_mut().find(|a| a.grace.is_none() && a.sessions.is_empty() && !a.active.is_empty())
+            {
                 a.grace = Some(handle);
             }
         }
@@ -1315,10 +1363,8 @@ impl Handler<Connect> for ChatServer {
             limits: self.cfg.limits(),
         }
         .encode();
-        self.sessions.insert(
-            sid,
-            Sess { user: m.user, outbox: m.outbox, queued: m.queued, jam: m.jam, rooms: HashSet::new() },
-        );
+        self.sessions
+            .insert(sid, Sess { user: m.user, outbox: m.outbox, queued: m.queued, jam: m.jam, rooms: HashSet::new() });
         self.send(sid, &f);
         self.finish(ctx);
     }

@@ -183,11 +183,16 @@ mod tests {
         away.availability = Availability::Away;
         let mut gone = agent("d", 0, 5, 0);
         gone.sessions.clear();
-        let agents: HashMap<_, _> =
-            [("a", agent("a", 5, 5, 0)), ("b", agent("b", 0, 5, 0)), ("c", away), ("d", gone), ("e", agent("e", 0, 5, 0))]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+        let agents: HashMap<_, _> = [
+            ("a", agent("a", 5, 5, 0)),
+            ("b", agent("b", 0, 5, 0)),
+            ("c", away),
+            ("d", gone),
+            ("e", agent("e", 0, 5, 0)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         let room = room_with(&["a", "b", "c", "d"]);
         assert_eq!(pick_agent(&room, &agents, None).unwrap().user.id, "b");
         assert!(pick_agent(&room, &agents, Some("b")).is_none());

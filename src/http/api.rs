@@ -20,9 +20,8 @@ fn claims(req: &HttpRequest, app: &AppState) -> Result<Claims, ApiError> {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-    let token = h
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
+    let token =
+        h.strip_prefix("Bearer ").ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
     app.signer.verify(token.trim()).map_err(|why| ApiError::unauthorized(format!("token: {why}")))
 }
 
@@ -209,7 +208,8 @@ pub async fn readyz(app: web::Data<AppState>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
         Err(e) => {
             log::warn!("readyz: {e}");
-            HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable", "reason": "storage does not answer"}))
+            HttpResponse::ServiceUnavailable()
+                .json(json!({"status": "unavailable", "reason": "storage does not answer"}))
         }
     }
 }

@@ -34,9 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .limit(MAX_JSON_BYTES)
             .error_handler(|e, _| ApiError::bad_request(format!("request body: {e}")).into()),
     )
-    .app_data(
-        web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(format!("query: {e}")).into()),
-    )
+    .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(format!("query: {e}")).into()))
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::bad_request(format!("path: {e}")).into()))
     .route("/ws", web::get().to(ws::upgrade))
     .route("/api/login", web::post().to(api::login))

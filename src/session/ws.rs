@@ -134,7 +134,11 @@ impl WsSession {
         };
         if let Some(n) = &h.name {
             if char_len(n) > MAX_NAME_CHARS || n.chars().any(char::is_control) {
-                return self.refuse(ctx, r#ref.as_deref(), &format!("name: at most {MAX_NAME_CHARS} printable characters"));
+                return self.refuse(
+                    ctx,
+                    r#ref.as_deref(),
+                    &format!("name: at most {MAX_NAME_CHARS} printable characters"),
+                );
             }
         }
         let claims = match h.token.as_deref().map(|t| self.deps.signer.verify(t)) {

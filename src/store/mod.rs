@@ -94,29 +94,24 @@ pub enum WriteOp {
     /// closed, `not_found` if it does not exist; deduplicated on (sender, client_id).
     Append(NewMessage),
     /// Sets status, assignee and queue time, and appends the event, atomically.
-    Update {
-        status: ConvStatus,
-        agent: Option<User>,
-        queued_at: Ts,
-        event: NewMessage,
-    },
+    Update { status: ConvStatus, agent: Option<User>, queued_at: Ts, event: NewMessage },
     /// Records a rating of a closed conversation and appends the event;
     /// `conflict` if not closed or already rated.
-    Rate {
-        score: u8,
-        comment: Option<String>,
-        event: NewMessage,
-    },
+    Rate { score: u8, comment: Option<String>, event: NewMessage },
     /// Moves a read marker forward (never back).
     Read { conversation: String, user_id: String, seq: u64 },
 }
 
-/// What a committed write produced.
+/// What a committed write produced. (Not boxed: `Appended` is the common case.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
     Done,
     /// The stored message (the original one when `duplicate`).
-    Appended { message: Message, duplicate: bool },
+    Appended {
+        message: Message,
+        duplicate: bool,
+    },
 }
 
 /// The result of one write, tagged with the caller's token.

@@ -74,11 +74,7 @@ impl SqliteStore {
             .name("parley-store-writer".into())
             .spawn(move || writer_loop(conn, rx, done))
             .map_err(|e| format!("cannot start the store writer: {e}"))?;
-        Ok(SqliteStore {
-            path,
-            writer: Mutex::new(tx),
-            readers: Arc::new(Mutex::new(Vec::new())),
-        })
+        Ok(SqliteStore { path, writer: Mutex::new(tx), readers: Arc::new(Mutex::new(Vec::new())) })
     }
 
     /// Runs `f` on a reader connection on a blocking thread.
@@ -111,11 +107,7 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    rx: std_mpsc::Receiver<(u64, WriteOp)>,
-    done: UnboundedSender<Vec<Completion>>,
-) {
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, done: UnboundedSender<Vec<Completion>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -126,11 +118,8 @@ fn writer_loop(
             }
         }
         let results = apply_batch(&mut conn, &batch);
-        let completions = batch
-            .drain(..)
-            .zip(results)
-            .map(|((token, _), result)| Completion { token, result })
-            .collect();
+        let completions =
+            batch.drain(..).zip(results).map(|((token, _), result)| Completion { token, result }).collect();
         if done.send(completions).is_err() {
             break; // the server is gone
         }
@@ -154,10 +143,7 @@ fn apply_batch(conn: &mut Connection, batch: &[(u64, WriteOp)]) -> Vec<Result<Wr
         Ok(out) => out,
         Err(e) => {
             log::error!("store: batch of {} writes failed and was rolled back: {e}", batch.len());
-            batch
-                .iter()
-                .map(|_| Err(StoreError::Unavailable(e.to_string())))
-                .collect()
+            batch.iter().map(|_| Err(StoreError::Unavailable(e.to_string()))).collect()
         }
     }
 }
@@ -187,7 +173,9 @@ fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<Wr
         WriteOp::Append(m) => {
             if let Some(cid) = &m.client_id {
                 let orig = tx
-                    .prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_id = ?2"))?
+                    .prepare_cached(&format!(
+                        "SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_id = ?2"
+                    ))?
                     .query_row(params![m.from.id, cid], message_from_row)
                     .optional()?;
                 if let Some(message) = orig {
@@ -213,17 +201,9 @@ fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<Wr
                 }));
             };
             insert_message(tx, m, seq)?;
-            Ok(Ok(WriteOutcome::Appended {
-                message: m.clone().with_seq(seq),
-                duplicate: false,
-            }))
+            Ok(Ok(WriteOutcome::Appended { message: m.clone().with_seq(seq), duplicate: false }))
         }
-        WriteOp::Update {
-            status,
-            agent,
-            queued_at,
-            event,
-        } => {
+        WriteOp::Update { status, agent, queued_at, event } => {
             let closed_at = (*status == ConvStatus::Closed).then_some(event.ts);
             let seq: Option<u64> = tx
                 .prepare_cached(
@@ -248,10 +228,7 @@ fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<Wr
                 return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
             };
             insert_message(tx, event, seq)?;
-            Ok(Ok(WriteOutcome::Appended {
-                message: event.clone().with_seq(seq),
-                duplicate: false,
-            }))
+            Ok(Ok(WriteOutcome::Appended { message: event.clone().with_seq(seq), duplicate: false }))
         }
         WriteOp::Rate { score, comment, event } => {
             let state: Option<(String, Option<i64>)> = tx
@@ -263,7 +240,9 @@ fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<Wr
                 Some((s, _)) if s != "closed" => {
                     return Ok(Err(StoreError::Conflict("only a closed conversation can be rated".into())))
                 }
-                Some((_, Some(_))) => return Ok(Err(StoreError::Conflict("this conversation is already rated".into()))),
+                Some((_, Some(_))) => {
+                    return Ok(Err(StoreError::Conflict("this conversation is already rated".into())))
+                }
                 _ => {}
             }
             let seq: u64 = tx
@@ -273,16 +252,9 @@ fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<Wr
                 )?
                 .query_row(params![event.conversation, *score as i64, comment], |r| r.get(0))?;
             insert_message(tx, event, seq)?;
-            Ok(Ok(WriteOutcome::Appended {
-                message: event.clone().with_seq(seq),
-                duplicate: false,
-            }))
+            Ok(Ok(WriteOutcome::Appended { message: event.clone().with_seq(seq), duplicate: false }))
         }
-        WriteOp::Read {
-            conversation,
-            user_id,
-            seq,
-        } => {
+        WriteOp::Read { conversation, user_id, seq } => {
             tx.prepare_cached(
                 "INSERT INTO read_markers (conversation_id, user_id, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (conversation_id, user_id) DO UPDATE SET seq = max(seq, excluded.seq)",
@@ -326,11 +298,7 @@ fn message_from_row(r: &Row) -> rusqlite::Result<Message> {
         seq: r.get(1)?,
         id: r.get(2)?,
         ts: r.get(3)?,
-        from: User {
-            id: r.get(4)?,
-            role: Role::parse(&role).unwrap_or(Role::System),
-            name: r.get(6)?,
-        },
+        from: User { id: r.get(4)?, role: Role::parse(&role).unwrap_or(Role::System), name: r.get(6)? },
         kind: MsgKind::parse(&kind).unwrap_or(MsgKind::Text),
         body: r.get(8)?,
         client_id: r.get(9)?,
@@ -350,16 +318,8 @@ fn conv_from_row(r: &Row) -> rusqlite::Result<ConvRow> {
         id: r.get(0)?,
         room: r.get(1)?,
         status: ConvStatus::parse(&status).unwrap_or(ConvStatus::Closed),
-        customer: User {
-            id: r.get(3)?,
-            role: Role::Customer,
-            name: r.get(4)?,
-        },
-        agent: agent_id.map(|id| User {
-            id,
-            role: Role::Agent,
-            name: agent_name.unwrap_or_default(),
-        }),
+        customer: User { id: r.get(3)?, role: Role::Customer, name: r.get(4)? },
+        agent: agent_id.map(|id| User { id, role: Role::Agent, name: agent_name.unwrap_or_default() }),
         created_at: r.get(7)?,
         queued_at: r.get(8)?,
         last_seq: r.get(9)?,
@@ -416,10 +376,7 @@ impl Store for SqliteStore {
                  AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR customer_id = ?3)
                  ORDER BY created_at DESC LIMIT ?4"
             ))?
-            .query_map(
-                params![f.room, f.status.map(|s| s.as_str()), f.customer_id, f.limit as i64],
-                conv_from_row,
-            )?
+            .query_map(params![f.room, f.status.map(|s| s.as_str()), f.customer_id, f.limit as i64], conv_from_row)?
             .collect()
         })
     }
@@ -468,13 +425,17 @@ pub fn open_conversations(conn: &Connection) -> rusqlite::Result<Vec<ConvRow>> {
 }
 
 pub fn all_agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRow>> {
-    conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?
-        .query_map([], agent_from_row)?
-        .collect()
+    conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?.query_map([], agent_from_row)?.collect()
 }
 
 /// Creates an agent account; an error that says what to fix when the name is taken.
-pub fn add_agent(conn: &Connection, name: &str, password: &str, max_active: Option<u32>, bot: bool) -> Result<AgentRow, String> {
+pub fn add_agent(
+    conn: &Connection,
+    name: &str,
+    password: &str,
+    max_active: Option<u32>,
+    bot: bool,
+) -> Result<AgentRow, String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(|c| c.is_control()) {
         return Err("agent name: 1 to 64 printable characters".into());
@@ -491,13 +452,7 @@ pub fn add_agent(conn: &Connection, name: &str, password: &str, max_active: Opti
         "INSERT INTO agents (id, name, password_hash, max_active, bot, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![id, name, hash, max_active, bot as i64, now_ms()],
     ) {
-        Ok(_) => Ok(AgentRow {
-            id,
-            name: name.to_string(),
-            password_hash: hash,
-            max_active,
-            bot,
-        }),
+        Ok(_) => Ok(AgentRow { id, name: name.to_string(), password_hash: hash, max_active, bot }),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
             Err(format!("an agent named `{name}` already exists"))
         }
