@@ -132,6 +132,28 @@ pub struct ServeArgs {
     /// Lifetime of agent tokens, in seconds.
     #[arg(long, env = "PARLEY_AGENT_TOKEN_TTL_SECS", default_value_t = DEFAULT_AGENT_TOKEN_TTL_SECS)]
     pub agent_token_ttl_secs: u64,
+    /// TCP gateway for bots and services (4-byte length + JSON frames); empty disables it.
+    /// Default 127.0.0.1:9000 (if that port is taken and the flag was not given, the gateway stays off).
+    #[arg(long, env = "PARLEY_TCP_LISTEN")]
+    pub tcp_listen: Option<String>,
+    /// Rooms whose new conversations go to a bot first while it is connected: ROOM=BOTNAME, comma separated.
+    #[arg(long, env = "PARLEY_BOT_FIRST", value_delimiter = ',')]
+    pub bot_first: Vec<String>,
+    /// Webhook receiver URL (repeatable).
+    #[arg(long = "webhook", env = "PARLEY_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+    /// Webhook events to send, comma separated (default: all).
+    #[arg(long, env = "PARLEY_WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub webhook_events: Vec<String>,
+    /// Key for the HMAC-SHA256 signature of webhook bodies (X-Parley-Signature); required with --webhook.
+    #[arg(long, env = "PARLEY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Time a webhook receiver has to answer, per try.
+    #[arg(long, env = "PARLEY_WEBHOOK_TIMEOUT_MS", default_value_t = 500)]
+    pub webhook_timeout_ms: u64,
+    /// Also send internal notes as message.created webhooks.
+    #[arg(long, env = "PARLEY_WEBHOOK_NOTES")]
+    pub webhook_notes: bool,
     /// SQLite durability: `full` fsyncs every commit (survives power loss),
     /// `normal` survives a process crash but may lose the last commits on power loss.
     #[arg(long, env = "PARLEY_SYNC", default_value = "full", value_parser = ["full", "normal"])]
@@ -160,7 +182,22 @@ pub struct Config {
     pub node_id: String,
     pub agent_token_ttl_secs: u64,
     pub sync_full: bool,
+    /// TCP gateway address, and whether it was asked for explicitly.
+    pub tcp_listen: Option<(String, bool)>,
+    /// Room -> bot account name.
+    pub bot_first: std::collections::BTreeMap<String, String>,
+    pub webhooks: Vec<String>,
+    pub webhook_events: BTreeSet<String>,
+    pub webhook_secret: Option<String>,
+    pub webhook_timeout_ms: u64,
+    pub webhook_notes: bool,
 }
+
+/// Every webhook event name.
+pub const WEBHOOK_EVENTS: &[&str] =
+    &["conversation.created", "conversation.assigned", "conversation.closed", "conversation.rated", "message.created"];
+/// Default TCP gateway address.
+pub const DEFAULT_TCP_LISTEN: &str = "127.0.0.1:9000";
 
 fn valid_room_name(r: &str) -> bool {
     !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -223,7 +260,49 @@ impl Config {
             .map(|o| o.trim().trim_end_matches('/').to_string())
             .filter(|o| !o.is_empty())
             .collect();
+        let tcp_listen = match a.tcp_listen {
+            None => Some((DEFAULT_TCP_LISTEN.to_string(), false)),
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) => Some((s.trim().to_string(), true)),
+        };
+        let mut bot_first = std::collections::BTreeMap::new();
+        for item in a.bot_first.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            let Some((room, bot)) = item.split_once('=') else {
+                return Err(format!("--bot-first: `{item}` is not ROOM=BOTNAME"));
+            };
+            if !rooms.iter().any(|r| r == room.trim()) {
+                return Err(format!("--bot-first: `{}` is not one of --rooms", room.trim()));
+            }
+            bot_first.insert(room.trim().to_string(), bot.trim().to_string());
+        }
+        let webhooks: Vec<String> = a.webhooks.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        for w in &webhooks {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
+                return Err(format!("--webhook: `{w}` is not an http:// or https:// URL"));
+            }
+        }
+        if !webhooks.is_empty() && a.webhook_secret.as_deref().is_none_or(|s| s.len() < 16) {
+            return Err("--webhook-secret: give a key of at least 16 characters to sign webhooks with".into());
+        }
+        let mut webhook_events: BTreeSet<String> =
+            a.webhook_events.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        for e in &webhook_events {
+            if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                return Err(format!("--webhook-events: `{e}` is not one of {}", WEBHOOK_EVENTS.join(",")));
+            }
+        }
+        if webhook_events.is_empty() {
+            webhook_events = WEBHOOK_EVENTS.iter().map(|s| s.to_string()).collect();
+        }
+        positive("webhook-timeout-ms", a.webhook_timeout_ms)?;
         Ok(Config {
+            tcp_listen,
+            bot_first,
+            webhooks,
+            webhook_events,
+            webhook_secret: a.webhook_secret,
+            webhook_timeout_ms: a.webhook_timeout_ms,
+            webhook_notes: a.webhook_notes,
             listen: a.listen,
             data_dir: a.data.data_dir,
             rooms,

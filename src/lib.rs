@@ -11,6 +11,7 @@
 //! - `http`     REST API, WebSocket upgrade, pages, metrics
 //! - `serve`    wiring it all together and running until a signal
 //! - `cli`      the `parley agent ...` commands
+//! - `webhooks` signed event posts to outside receivers, from a bounded queue
 
 pub mod auth;
 pub mod chat;
@@ -22,3 +23,4 @@ pub mod protocol;
 pub mod serve;
 pub mod session;
 pub mod store;
+pub mod webhooks;

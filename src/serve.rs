@@ -48,9 +48,27 @@ async fn serve(
     log::info!("loaded {} open conversations and {} agents from {}", open.len(), agents.len(), cfg.db_path().display());
     // The ChatServer gets its own thread, apart from the HTTP workers.
     let arbiter = Arbiter::new();
+    let webhooks = crate::webhooks::Webhooks::start(&cfg)?;
     let (c, s) = (cfg.clone(), store.clone());
-    let server = ChatServer::start_in_arbiter(&arbiter.handle(), move |_| ChatServer::new(c, s, open, agents, done_rx));
+    let server = ChatServer::start_in_arbiter(&arbiter.handle(), move |_| {
+        ChatServer::new(c, s, open, agents, done_rx, webhooks)
+    });
     let state = AppState { cfg: cfg.clone(), server: server.clone(), store, signer };
+    if let Some((addr, explicit)) = &cfg.tcp_listen {
+        let deps = crate::session::core::SessionDeps {
+            cfg: cfg.clone(),
+            server: server.clone(),
+            store: state.store.clone(),
+            signer: state.signer.clone(),
+        };
+        match crate::session::tcp::listen(addr, deps) {
+            Ok(a) => println!("listening tcp={a}"),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::AddrInUse => {
+                log::warn!("TCP gateway off: {addr} is in use (give --tcp-listen to choose another address)")
+            }
+            Err(e) => return Err(format!("cannot listen on {addr} (--tcp-listen): {e}")),
+        }
+    }
     let http = HttpServer::new(move || App::new().app_data(web::Data::new(state.clone())).configure(http::routes))
         .on_connect(|conn, ext| {
             if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {

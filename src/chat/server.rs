@@ -16,6 +16,7 @@ use crate::protocol::{
 };
 use crate::session::JamSwitch;
 use crate::store::{AgentRow, Completion, ConvRow, NewMessage, Store, WriteOp, WriteOutcome};
+use crate::webhooks::Webhooks;
 use actix::dev::SendError;
 use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, Recipient, StreamHandler, WrapFuture,
@@ -96,6 +97,7 @@ pub struct ChatServer {
     next_token: u64,
     tick: u64,
     completions: Option<UnboundedReceiver<Vec<Completion>>>,
+    webhooks: Webhooks,
     // Work left for `finish`:
     jammed: Vec<u64>,
     assign_rooms: HashSet<String>,
@@ -112,6 +114,7 @@ impl ChatServer {
         open: Vec<ConvRow>,
         agents: Vec<AgentRow>,
         completions: UnboundedReceiver<Vec<Completion>>,
+        webhooks: Webhooks,
     ) -> ChatServer {
         let mut rooms: HashMap<String, Room> = cfg
             .rooms
@@ -131,6 +134,7 @@ impl ChatServer {
             next_token: 1,
             tick: 1,
             completions: Some(completions),
+            webhooks,
             jammed: Vec::new(),
             assign_rooms: HashSet::new(),
             position_rooms: HashSet::new(),
@@ -261,6 +265,7 @@ impl ChatServer {
     fn jam(&mut self, sid: u64, ctx: &mut Context<Self>) {
         let Some(s) = self.sessions.get(&sid) else { return };
         log::info!("session s_{sid} ({}) overflowed its outbound queue: closing with 4008", s.user.id);
+        crate::http::metrics::counters().sessions_jammed.inc();
         if let Some(j) = s.jam.clone() {
             j.trip();
             ctx.run_later(JAM_FORCE_AFTER, move |_, _| j.force());
@@ -517,6 +522,9 @@ impl ChatServer {
                 }
                 let f = Out::Conversation { r#ref: None, conversation: &snap }.encode();
                 self.send_many(&aud, &f);
+                if self.webhooks.wants("conversation.created") {
+                    self.webhooks.emit("conversation.created", json!({ "conversation": snap }));
+                }
             }
             (Pending::Open { reply, conv }, Err(e)) => {
                 if let Some(c) = self.convs.remove(&conv) {
@@ -554,6 +562,10 @@ impl ChatServer {
                 }
                 if !duplicate {
                     self.deliver(&message, exclude);
+                    let note = message.kind == MsgKind::Note;
+                    if self.webhooks.wants("message.created") && (!note || self.webhooks.notes()) {
+                        self.webhooks.emit("message.created", json!({ "message": message }));
+                    }
                 }
             }
             (Pending::Send { reply, .. }, Ok(WriteOutcome::Done)) => self.reply_error(reply, ApiError::internal()),
@@ -585,6 +597,14 @@ impl ChatServer {
                     }
                     let f = Out::Message { message: &message }.encode();
                     self.send_many(&aud, &f);
+                    let kind = match message.event.as_ref().and_then(|e| e["name"].as_str()) {
+                        Some("assigned") => Some("conversation.assigned"),
+                        Some("closed") => Some("conversation.closed"),
+                        _ => None,
+                    };
+                    if let Some(kind) = kind.filter(|k| self.webhooks.wants(k)) {
+                        self.webhooks.emit(kind, json!({ "conversation": snap, "event": message.event }));
+                    }
                 }
             }
             (Pending::Change { reply, conv, undo, .. }, Err(e)) => {
@@ -598,6 +618,11 @@ impl ChatServer {
                         self.send(sid, &f);
                     }
                     self.deliver(&message, None);
+                    if self.webhooks.wants("conversation.rated") {
+                        let snap = self.snapshot(&conv);
+                        self.webhooks
+                            .emit("conversation.rated", json!({ "conversation": snap, "event": message.event }));
+                    }
                 }
                 Ok(WriteOutcome::Done) => self.reply_error(reply, ApiError::internal()),
                 Err(e) => {
@@ -975,8 +1000,17 @@ impl ChatServer {
         r.queue.push_back(id.clone());
         let pos = r.queue.len() as u32;
         self.convs.insert(id.clone(), Conv { pushed_position: Some(pos), ..conv });
-        self.customers.entry(who.user.id.clone()).or_default().open.push(id);
-        self.assign_rooms.insert(room);
+        self.customers.entry(who.user.id.clone()).or_default().open.push(id.clone());
+        // A bot-first room hands new conversations to its bot while it is connected.
+        let bot = self.cfg.bot_first.get(&room).and_then(|name| {
+            self.agents.values().find(|a| a.bot && a.user.name == *name && a.can_take()).map(|a| a.user.clone())
+        });
+        match bot {
+            Some(bot) => self.assign(&id, bot, ReplyTo::None),
+            None => {
+                self.assign_rooms.insert(room);
+            }
+        }
         Ok(())
     }
 

@@ -123,7 +123,8 @@ impl AgentState {
 
 /// PROTOCOL.md §8: among agents present in the room who can take one more,
 /// the fewest active conversations wins; ties go to the one who has waited
-/// longest since their last assignment. `skip` is never chosen.
+/// longest since their last assignment. `skip` is never chosen, nor are bots
+/// (they get conversations through `--bot-first`, transfers or `accept`).
 pub fn pick_agent<'a>(
     room: &Room,
     agents: &'a HashMap<String, AgentState>,
@@ -133,7 +134,7 @@ pub fn pick_agent<'a>(
         .keys()
         .filter(|id| Some(id.as_str()) != skip)
         .filter_map(|id| agents.get(id))
-        .filter(|a| a.can_take())
+        .filter(|a| a.can_take() && !a.bot)
         .min_by_key(|a| (a.active.len(), a.last_assigned, a.user.id.clone()))
 }
 
@@ -196,5 +197,14 @@ mod tests {
         let room = room_with(&["a", "b", "c", "d"]);
         assert_eq!(pick_agent(&room, &agents, None).unwrap().user.id, "b");
         assert!(pick_agent(&room, &agents, Some("b")).is_none());
+    }
+
+    #[test]
+    fn bots_are_not_chosen_automatically() {
+        let mut bot = agent("bot", 0, 1000, 0);
+        bot.bot = true;
+        let agents: HashMap<_, _> =
+            [("bot", bot), ("h", agent("h", 3, 5, 0))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(pick_agent(&room_with(&["bot", "h"]), &agents, None).unwrap().user.id, "h");
     }
 }

@@ -3,7 +3,8 @@
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::session::ws::{SessionDeps, WsSession};
+use crate::session::core::SessionDeps;
+use crate::session::ws::WsSession;
 use crate::session::{JamGuarded, JamSwitch};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;

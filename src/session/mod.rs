@@ -1,7 +1,10 @@
-//! Session actors, one per connection: `ws` (WebSocket). Shared here: the rate
+//! Session actors, one per connection: `ws` (WebSocket) and `tcp` (the
+//! gateway), both around `core` (hello, limits, forwarding). Shared here: the rate
 //! limiter and the jam switch that ends a connection whose actor can no longer
 //! run (ARCHITECTURE.md, "known traps").
 
+pub mod core;
+pub mod tcp;
 pub mod ws;
 
 use bytes::Bytes;
@@ -68,6 +71,11 @@ impl JamSwitch {
     pub fn trip(&self) {
         self.tripped.store(true, Ordering::SeqCst);
         self.waker.wake();
+    }
+
+    /// The connection's writer is done (TCP sessions).
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
     }
 
     /// Shuts the socket down if the connection is still open.

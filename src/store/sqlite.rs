@@ -20,6 +20,9 @@ const BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Reader connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
+/// Default capacity of a bot account.
+const BOT_MAX_ACTIVE: u32 = 1000;
+
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
 
 pub struct SqliteStore {
@@ -446,6 +449,8 @@ pub fn add_agent(
     if max_active == Some(0) {
         return Err("--max-active: must be greater than 0".into());
     }
+    // Bots serve many conversations at once unless told otherwise.
+    let max_active = if bot { max_active.or(Some(BOT_MAX_ACTIVE)) } else { max_active };
     let hash = auth::hash_password(password)?;
     let id = auth::new_id("a_");
     match conn.execute(
