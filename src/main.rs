@@ -8,7 +8,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         None => parley::serve::run(cli.serve),
-        Some(Command::Serve(args)) => parley::serve::run(args),
+        Some(Command::Serve(args)) => parley::serve::run(*args),
         Some(Command::Agent { command }) => parley::cli::agent(command),
     };
     if let Err(e) = result {
