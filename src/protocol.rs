@@ -328,7 +328,15 @@ pub struct DecodeError {
 }
 
 fn field<T: serde::de::DeserializeOwned>(map: Map<String, Value>, ty: &str) -> Result<T, ApiError> {
-    serde_json::from_value(Value::Object(map)).map_err(|e| ApiError::bad_request(format!("{ty}: {e}")))
+    serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ApiError::bad_request(format!("{ty}: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{ty}: field `{path}`: {inner}"))
+        }
+    })
 }
 
 /// Decodes one text frame. Every failure names what is wrong (PROTOCOL.md §3).
