@@ -35,8 +35,9 @@ fn serve(path: &str) -> HttpResponse {
                 .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
                 .insert_header((header::REFERRER_POLICY, "same-origin"))
                 .insert_header((header::CACHE_CONTROL, "no-cache"));
-            // widget.js and its stylesheet are loaded by other sites' pages.
-            if path.starts_with("widget.") {
+            // The widget's scripts (ES modules) and styles are loaded by other
+            // sites' pages, which browsers allow only with this header.
+            if path.ends_with(".js") || path.ends_with(".css") {
                 res.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"));
             }
             res.body(f.data.into_owned())

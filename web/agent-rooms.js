@@ -1,0 +1,118 @@
+// Rooms in the console sidebar: join by name, leave, and per room the live queue
+// (with waiting times ticking) and the agents present with availability and load.
+
+import { h, setText } from './dom.js';
+import { t, duration, errorText } from './i18n.js';
+import { initial } from './text.js';
+
+export class RoomsView {
+  constructor(app) {
+    this.app = app;
+    this.root = document.getElementById('rooms');
+    this.form = document.getElementById('join-form');
+    this.input = document.getElementById('join-input');
+    this.error = document.getElementById('join-error');
+    this.datalist = document.getElementById('room-suggestions');
+    this.form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const name = this.input.value.trim();
+      if (!name) return;
+      this.error.hidden = true;
+      try {
+        await app.join(name);
+        this.input.value = '';
+      } catch (err) {
+        setText(this.error, err.code === 'not_found' ? t('agent.not_found') : t('chat.error', { reason: errorText(err.code) }));
+        this.error.hidden = false;
+      }
+    });
+  }
+
+  render() {
+    const app = this.app;
+    this.datalist.replaceChildren(...[...app.knownRooms].filter((r) => !app.joined.includes(r)).map((r) => h('option', { value: r })));
+    const sections = app.joined.map((name) => this.#room(app.rooms.get(name) || { name, queue: new Map(), agents: new Map(), loaded: false }));
+    // Keep keyboard focus where it was across re-renders.
+    const focused = this.root.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
+    this.root.replaceChildren(...sections);
+    if (focused) this.root.querySelector(`[data-focus-key="${CSS.escape(focused)}"]`)?.focus();
+    this.tick();
+  }
+
+  #room(r) {
+    const app = this.app;
+    const queue = [...r.queue.values()].sort(
+      (a, b) => (a.queue_position ?? Infinity) - (b.queue_position ?? Infinity) || (a.created_at || 0) - (b.created_at || 0),
+    );
+    const leave = h('button', { type: 'button', class: 'btn btn-ghost btn-tiny', testid: 'room-leave', dataset: { focusKey: `leave:${r.name}` } }, t('agent.leave'));
+    leave.addEventListener('click', () => app.leave(r.name).catch(() => {}));
+    const queueList = queue.length
+      ? h('ul', { class: 'queue', testid: 'queue' }, queue.map((c) => this.#queueItem(c)))
+      : h('p', { class: 'muted small', testid: 'queue-empty' }, r.loaded ? t('agent.queue_empty') : t('agent.loading'));
+    const agents = [...r.agents.values()].sort((a, b) => a.agent.name.localeCompare(b.agent.name));
+    return h(
+      'section',
+      { class: 'room', testid: 'room', dataset: { room: r.name }, aria: { label: r.name } },
+      h(
+        'header',
+        { class: 'room-head' },
+        h('h3', { class: 'room-name' }, `# ${r.name}`),
+        h('span', { class: ['pill', queue.length && 'pill-warn'], testid: 'room-queue-count' }, String(queue.length)),
+        leave,
+      ),
+      h('h4', { class: 'sub-title' }, t('agent.queue')),
+      queueList,
+      h('h4', { class: 'sub-title' }, t('agent.agents')),
+      h('ul', { class: 'agents', testid: 'agents' }, agents.map((p) => this.#agent(p))),
+    );
+  }
+
+  #queueItem(c) {
+    const app = this.app;
+    const name = c.customer?.name || t('agent.customer');
+    const accept = h('button', { type: 'button', class: 'btn btn-primary btn-tiny', testid: 'queue-accept', dataset: { focusKey: `accept:${c.id}` } }, t('agent.accept'));
+    accept.addEventListener('click', async () => {
+      accept.disabled = true;
+      try {
+        await app.accept(c.id);
+      } catch (err) {
+        accept.disabled = false;
+        accept.title = errorText(err.code);
+      }
+    });
+    const view = h('button', { type: 'button', class: 'btn btn-ghost btn-tiny', testid: 'queue-view', dataset: { focusKey: `view:${c.id}` } }, t('agent.view'));
+    view.addEventListener('click', () => app.select(c.id));
+    return h(
+      'li',
+      { class: 'queue-item', testid: 'queue-item', dataset: { conversation: c.id } },
+      h('span', { class: 'avatar avatar-small', aria: { hidden: 'true' } }, initial(name)),
+      h(
+        'span',
+        { class: 'queue-text' },
+        h('span', { class: 'queue-name', testid: 'queue-name' }, name),
+        h('span', { class: 'queue-wait muted small', testid: 'queue-wait', dataset: { since: String(c.created_at || Date.now()) } }),
+      ),
+      h('span', { class: 'queue-btns' }, view, accept),
+    );
+  }
+
+  #agent(p) {
+    const me = p.agent.id === this.app.me?.id;
+    return h(
+      'li',
+      { class: 'agent-item', testid: 'agent-item', dataset: { agent: p.agent.id, availability: p.availability } },
+      h('span', { class: ['dot', `dot-${p.availability}`], aria: { hidden: 'true' } }),
+      h('span', { class: 'agent-name' }, p.agent.name, me ? h('span', { class: 'muted' }, ` (${t('chat.you')})`) : null),
+      h('span', { class: 'visually-hidden' }, t(`agent.${p.availability}`)),
+      h('span', { class: 'agent-load muted small', testid: 'agent-load', title: t(`agent.${p.availability}`) }, t('agent.load', { active: p.active ?? 0, max: p.max ?? '?' })),
+    );
+  }
+
+  /** Refresh the "waiting 1m 20s" labels. */
+  tick() {
+    const now = Date.now();
+    for (const el of this.root.querySelectorAll('[data-since]')) {
+      setText(el, t('agent.waiting', { time: duration(now - Number(el.dataset.since)) }));
+    }
+  }
+}

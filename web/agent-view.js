@@ -1,0 +1,229 @@
+// The console's conversation view: history (synced page by page), live messages,
+// internal notes shown apart, the customer's typing and read receipts, and the
+// accept / transfer / close actions.
+
+import { h, setText } from './dom.js';
+import { t, errorText } from './i18n.js';
+import { MessageList, TypingIndicator } from './message-list.js';
+import { Composer } from './composer.js';
+import { backIcon } from './icons.js';
+
+export class ConvView {
+  constructor(app) {
+    this.app = app;
+    this.id = null;
+    this.main = document.getElementById('main');
+    this.placeholder = document.getElementById('placeholder');
+    this.#build();
+  }
+
+  #build() {
+    const app = this.app;
+    this.title = h('h2', { class: 'conv-title', testid: 'conv-title' });
+    this.status = h('p', { class: 'conv-status muted small', testid: 'conv-status' });
+    const back = h('button', { type: 'button', class: 'icon-btn conv-back', testid: 'conv-back', aria: { label: t('agent.back') } }, backIcon('icon'));
+    back.addEventListener('click', () => app.select(null));
+
+    this.acceptBtn = h('button', { type: 'button', class: 'btn btn-primary btn-small', testid: 'conv-accept' }, t('agent.accept'));
+    this.acceptBtn.addEventListener('click', () => this.#act(() => app.accept(this.id), this.acceptBtn));
+
+    const selId = 'conv-transfer-select';
+    this.transferSelect = h('select', { id: selId, class: 'field field-small', testid: 'conv-transfer-select' });
+    this.transferBtn = h('button', { type: 'button', class: 'btn btn-ghost btn-small', testid: 'conv-transfer' }, t('agent.transfer'));
+    this.transferBtn.addEventListener('click', () => {
+      const v = this.transferSelect.value;
+      if (!v) return;
+      const target = v.startsWith('agent:') ? { agent: v.slice(6) } : { room: v.slice(5) };
+      this.#act(async () => this.update(await app.transfer(this.id, target)), this.transferBtn);
+    });
+    this.transferBox = h(
+      'div',
+      { class: 'transfer' },
+      h('label', { class: 'visually-hidden', for: selId }, t('agent.transfer_to')),
+      this.transferSelect,
+      this.transferBtn,
+    );
+
+    this.closeBtn = h('button', { type: 'button', class: 'btn btn-danger btn-small', testid: 'conv-close' }, t('agent.close'));
+    this.closeBtn.addEventListener('click', () => this.#act(async () => this.update(await app.close(this.id)), this.closeBtn));
+
+    const head = h(
+      'header',
+      { class: 'conv-head' },
+      back,
+      h('div', { class: 'conv-head-text' }, this.title, this.status),
+      h('div', { class: 'conv-actions' }, this.acceptBtn, this.transferBox, this.closeBtn),
+    );
+
+    this.list = new MessageList({ testid: 'conv-messages', perspective: 'agent', me: () => app.client.user?.id, seenLabel: t('agent.seen_by_customer') });
+    this.typingLine = new TypingIndicator('conv-typing');
+    this.loading = h('p', { class: 'muted small center', testid: 'conv-loading' }, t('agent.loading'));
+    this.scroller = h('div', { class: 'conv-scroll', testid: 'conv-scroll' }, this.loading, this.list.el, this.typingLine.el);
+    this.noticeEl = h('div', { class: 'conv-notice', testid: 'conv-notice', role: 'alert', hidden: true });
+
+    this.internal = h('input', { type: 'checkbox', id: 'conv-internal', testid: 'conv-internal' });
+    this.internal.addEventListener('change', () => this.#paintNoteMode());
+    const noteToggle = h('label', { class: 'note-toggle', for: 'conv-internal' }, this.internal, h('span', {}, t('agent.internal')));
+    this.composer = new Composer({
+      prefix: 'conv',
+      maxChars: () => app.client.limits.max_body_chars ?? 4000,
+      onSubmit: (text) => {
+        const body = text.trim();
+        if (!this.id || !body) return false;
+        app.send(this.id, body, this.internal.checked);
+        return true;
+      },
+      onTyping: (on) => {
+        // A note is not something the customer should see being typed.
+        if (this.id && (!this.internal.checked || !on)) app.client.typing(this.id, on);
+      },
+      extra: noteToggle,
+    });
+
+    this.el = h('section', { class: 'conv', testid: 'conv-view', hidden: true }, head, this.scroller, this.noticeEl, this.composer.el);
+    this.main.append(this.el);
+  }
+
+  #paintNoteMode() {
+    const note = this.internal.checked;
+    this.composer.el.classList.toggle('composer--note', note);
+    this.composer.input.placeholder = note ? t('agent.note_placeholder') : t('chat.input_placeholder');
+  }
+
+  async #act(fn, btn) {
+    btn.disabled = true;
+    this.noticeEl.hidden = true;
+    try {
+      await fn();
+    } catch (err) {
+      this.notice(t('chat.error', { reason: errorText(err.code) }));
+    } finally {
+      btn.disabled = false;
+      this.#paintHeader();
+    }
+  }
+
+  open(id) {
+    const app = this.app;
+    const changed = this.id !== id;
+    this.id = id;
+    this.el.hidden = false;
+    this.placeholder.hidden = true;
+    this.el.dataset.conversation = id;
+    if (changed) {
+      this.list.clear();
+      this.typingLine.clear();
+      this.noticeEl.hidden = true;
+      this.internal.checked = false;
+      this.#paintNoteMode();
+      const log = app.client.log(id);
+      for (const m of log.messages()) this.list.upsert(m);
+      for (const e of app.client.outbox.list(id)) this.list.addPending(e);
+      this.list.setPeerRead(app.peerRead.get(id) || 0);
+      this.loading.hidden = app.initialSynced.has(id);
+      this.#scroll(true);
+    }
+    this.refreshTargets();
+    this.#paintHeader();
+    if (window.matchMedia('(min-width: 721px)').matches) this.composer.focus();
+  }
+
+  close() {
+    this.id = null;
+    this.el.hidden = true;
+    this.placeholder.hidden = false;
+  }
+
+  refresh() {
+    if (this.id) this.#paintHeader();
+  }
+
+  update(conv) {
+    if (!conv || conv.id !== this.id) return;
+    if (conv.status === 'closed') this.typingLine.clear();
+    this.#paintHeader();
+  }
+
+  synced() {
+    this.loading.hidden = true;
+  }
+
+  messages(msgs) {
+    for (const m of msgs) {
+      this.list.upsert(m);
+      if (m.kind === 'text' && m.from?.role === 'customer') this.typingLine.set(m.from, false);
+    }
+    if (msgs.some((m) => m.kind === 'event')) this.#paintHeader();
+    this.#scroll();
+  }
+
+  upsert(m) {
+    this.list.upsert(m);
+    if (!this.noticeEl.hidden && this.noticeSticky) this.noticeEl.hidden = true;
+    this.#scroll(true);
+  }
+
+  pending(e) {
+    this.list.addPending(e);
+    this.#scroll(true);
+  }
+
+  failed(entry, error) {
+    this.list.markFailed(entry.client_id, error.code);
+    if (entry.conversation === this.id) this.notice(t('chat.error', { reason: errorText(error.code) }));
+  }
+
+  typing(from, on) {
+    this.typingLine.set(from, on);
+    if (on) this.#scroll();
+  }
+
+  peerRead(seq) {
+    this.list.setPeerRead(seq);
+  }
+
+  notice(text, sticky = false) {
+    clearTimeout(this.noticeTimer);
+    setText(this.noticeEl, text);
+    this.noticeEl.hidden = false;
+    this.noticeSticky = sticky;
+    if (!sticky) this.noticeTimer = setTimeout(() => (this.noticeEl.hidden = true), 6000);
+  }
+
+  /** Fill the transfer select with online agents and rooms. */
+  refreshTargets() {
+    const { agents, rooms } = this.app.transferTargets();
+    const prev = this.transferSelect.value;
+    const opts = [h('option', { value: '' }, `${t('agent.transfer_to')}…`)];
+    for (const a of agents) opts.push(h('option', { value: `agent:${a.id}` }, t('agent.transfer_agent', { name: a.name })));
+    for (const r of rooms) opts.push(h('option', { value: `room:${r}` }, t('agent.transfer_room', { room: r })));
+    this.transferSelect.replaceChildren(...opts);
+    if ([...this.transferSelect.options].some((o) => o.value === prev)) this.transferSelect.value = prev;
+  }
+
+  #paintHeader() {
+    const app = this.app;
+    const conv = app.convs.get(this.id) || app.client.log(this.id).conv;
+    if (!conv) {
+      setText(this.title, '…');
+      setText(this.status, '');
+      this.acceptBtn.hidden = this.transferBox.hidden = this.closeBtn.hidden = true;
+      return;
+    }
+    const mineActive = conv.status === 'active' && conv.agent?.id === app.me?.id;
+    setText(this.title, conv.customer?.name || t('agent.customer'));
+    const who = conv.agent ? t('agent.assigned_to', { name: conv.agent.name }) : t('agent.unassigned');
+    setText(this.status, `${t(`agent.status.${conv.status}`)} · #${conv.room} · ${who}`);
+    this.el.dataset.status = conv.status;
+    this.acceptBtn.hidden = conv.status !== 'queued';
+    this.transferBox.hidden = !mineActive;
+    this.closeBtn.hidden = !mineActive;
+    this.composer.setDisabled(conv.status === 'closed');
+  }
+
+  #scroll(force = false) {
+    const s = this.scroller;
+    const nearEnd = s.scrollHeight - s.scrollTop - s.clientHeight < 160;
+    if (force || nearEnd) requestAnimationFrame(() => (s.scrollTop = s.scrollHeight));
+  }
+}
