@@ -101,7 +101,8 @@ pub struct ChatServer {
     // Work left for `finish`:
     jammed: Vec<u64>,
     assign_rooms: HashSet<String>,
-    position_rooms: HashSet<String>,
+    /// Rooms whose queue positions changed, from this index on.
+    position_rooms: HashMap<String, usize>,
     presence_agents: HashSet<String>,
 }
 
@@ -137,7 +138,7 @@ impl ChatServer {
             webhooks,
             jammed: Vec::new(),
             assign_rooms: HashSet::new(),
-            position_rooms: HashSet::new(),
+            position_rooms: HashMap::new(),
             presence_agents: HashSet::new(),
         };
         for a in agents {
@@ -173,7 +174,7 @@ impl ChatServer {
             srv.convs.insert(conv.id.clone(), conv);
         }
         srv.rooms = std::mem::take(&mut rooms);
-        srv.position_rooms = srv.rooms.keys().cloned().collect();
+        srv.position_rooms = srv.rooms.keys().map(|r| (r.clone(), 0)).collect();
         srv
     }
 
@@ -285,8 +286,8 @@ impl ChatServer {
             for r in &rooms {
                 self.assign_room(r);
             }
-            for r in std::mem::take(&mut self.position_rooms) {
-                self.refresh_positions(&r);
+            for (r, from) in std::mem::take(&mut self.position_rooms) {
+                self.refresh_positions(&r, from);
             }
             for a in std::mem::take(&mut self.presence_agents) {
                 self.broadcast_presence(&a);
@@ -311,12 +312,15 @@ impl ChatServer {
         }
     }
 
-    fn refresh_positions(&mut self, room: &str) {
+    /// Pushes the new position of every queued conversation from index `from`
+    /// on whose position changed since it was last pushed.
+    fn refresh_positions(&mut self, room: &str, from: usize) {
         let Some(r) = self.rooms.get(room) else { return };
         let changed: Vec<(String, u32)> = r
             .queue
             .iter()
             .enumerate()
+            .skip(from)
             .map(|(i, c)| (c.clone(), i as u32 + 1))
             .filter(|(c, p)| self.convs.get(c).is_some_and(|c| c.pushed_position != Some(*p)))
             .collect();
@@ -369,10 +373,9 @@ impl ChatServer {
         let Some(conv) = self.convs.get_mut(cid) else { return };
         let old = conv.core();
         if old.status == ConvStatus::Queued {
-            if let Some(r) = self.rooms.get_mut(&old.room) {
-                r.queue.retain(|c| c != cid);
+            if let Some(i) = self.rooms.get_mut(&old.room).and_then(|r| r.remove(cid)) {
+                mark_positions(&mut self.position_rooms, &old.room, i);
             }
-            self.position_rooms.insert(old.room.clone());
         }
         if old.status == ConvStatus::Active {
             if let Some(a) = old.agent.as_ref().and_then(|a| self.agents.get_mut(&a.id)) {
@@ -390,12 +393,18 @@ impl ChatServer {
             ConvStatus::Queued => {
                 conv.pushed_position = None;
                 if let Some(r) = self.rooms.get_mut(&new.room) {
-                    match place {
-                        QueuePlace::Back => r.queue.push_back(cid.to_string()),
-                        QueuePlace::Front => r.queue.push_front(cid.to_string()),
-                    }
+                    let at = match place {
+                        QueuePlace::Back => {
+                            r.queue.push_back(cid.to_string());
+                            r.queue.len() - 1
+                        }
+                        QueuePlace::Front => {
+                            r.queue.push_front(cid.to_string());
+                            0
+                        }
+                    };
+                    mark_positions(&mut self.position_rooms, &new.room, at);
                 }
-                self.position_rooms.insert(new.room.clone());
                 self.assign_rooms.insert(new.room.clone());
             }
             ConvStatus::Active => {
@@ -528,8 +537,8 @@ impl ChatServer {
             }
             (Pending::Open { reply, conv }, Err(e)) => {
                 if let Some(c) = self.convs.remove(&conv) {
-                    if let Some(r) = self.rooms.get_mut(&c.room) {
-                        r.queue.retain(|x| *x != conv);
+                    if let Some(i) = self.rooms.get_mut(&c.room).and_then(|r| r.remove(&conv)) {
+                        mark_positions(&mut self.position_rooms, &c.room, i);
                     }
                     if let Some(cu) = self.customers.get_mut(&c.customer.id) {
                         cu.open.retain(|x| *x != conv);
@@ -537,7 +546,6 @@ impl ChatServer {
                     if let Some(a) = c.agent.and_then(|a| self.agents.get_mut(&a.id)) {
                         a.active.remove(&conv);
                     }
-                    self.position_rooms.insert(c.room);
                 }
                 self.reply_error(reply, e.into());
             }
@@ -1240,6 +1248,12 @@ fn conv_from_row(row: ConvRow) -> Conv {
     }
 }
 
+/// Notes that positions in `room` changed from index `from` on.
+fn mark_positions(dirty: &mut HashMap<String, usize>, room: &str, from: usize) {
+    let e = dirty.entry(room.to_string()).or_insert(from);
+    *e = (*e).min(from);
+}
+
 fn not_found_conv(cid: &str) -> ApiError {
     ApiError::not_found(format!("no conversation {cid}"))
 }
@@ -1496,13 +1510,18 @@ impl Handler<LiveConversations> for ChatServer {
                 return Err(no_room(r));
             }
         }
+        let positions: HashMap<&str, u32> = self
+            .rooms
+            .values()
+            .flat_map(|r| r.queue.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32 + 1)))
+            .collect();
         let mut list: Vec<Conversation> = self
             .convs
             .values()
             .filter(|c| c.status != ConvStatus::Closed)
             .filter(|c| m.room.as_ref().is_none_or(|r| *r == c.room))
             .filter(|c| m.status.is_none_or(|s| s == c.status))
-            .filter_map(|c| self.snapshot(&c.id))
+            .map(|c| c.snapshot(positions.get(c.id.as_str()).copied()))
             .collect();
         list.sort_by_key(|c| (c.queue_position.unwrap_or(u32::MAX), c.created_at));
         Ok(list)

@@ -77,6 +77,13 @@ impl Room {
     pub fn position(&self, conv: &str) -> Option<u32> {
         self.queue.iter().position(|c| c == conv).map(|i| i as u32 + 1)
     }
+
+    /// Takes a conversation out of the queue; returns the index it had.
+    pub fn remove(&mut self, conv: &str) -> Option<usize> {
+        let i = self.queue.iter().position(|c| c == conv)?;
+        self.queue.remove(i);
+        Some(i)
+    }
 }
 
 /// Where a conversation enters a queue.

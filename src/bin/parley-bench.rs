@@ -1,0 +1,767 @@
+//! parley-bench: load for a Parley server, speaking protocol v1 the way real
+//! clients do (hello, open, send with client_id, wait for ack, receive message).
+//! One thread drives every connection, so one core of load can be measured
+//! against one core of server.
+//!
+//! Modes: `idle`, `conversations`, `agent-load`, `storm`, `sweep`. Each prints a
+//! progress line every second on stderr and ends with one JSON line on stdout.
+
+use clap::{Args, Parser, Subcommand};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+type Tx = SplitSink<Ws, Message>;
+type Rx = SplitStream<Ws>;
+
+/// How long any single expected reply may take before the run fails.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time left after the senders stop for the last messages to arrive.
+const DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Parser, Debug)]
+#[command(name = "parley-bench", about = "Load and latency measurements for a Parley server")]
+struct Cli {
+    /// Server address (HTTP and WebSocket).
+    #[arg(long, global = true, default_value = "127.0.0.1:8080")]
+    server: SocketAddr,
+    /// Server process id, to read its memory and CPU from /proc.
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+    /// Source addresses to spread connections over: 127.0.0.2 .. 127.0.0.(N+1)
+    /// (each address gives about 28,000 ports).
+    #[arg(long, global = true, default_value_t = 1)]
+    sources: u8,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// N customer connections (hello + open) held for T seconds: server memory per connection and idle CPU.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+    },
+    /// R conversations (customer + agent), both sides sending at a fixed total rate.
+    Conversations(ConvArgs),
+    /// One agent serving many customers who each send at a fixed rate.
+    AgentLoad {
+        #[arg(long, default_value_t = 50)]
+        customers: usize,
+        /// Messages per second per customer.
+        #[arg(long, default_value_t = 1.0)]
+        each: f64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[command(flatten)]
+        agents: AgentAccounts,
+    },
+    /// N customers cut at once, reconnecting with their resume token and `sync`.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        customers: usize,
+        #[command(flatten)]
+        agents: AgentAccounts,
+    },
+    /// `conversations` at rising rates; writes a markdown report with an SVG plot.
+    Sweep {
+        #[command(flatten)]
+        conv: ConvArgs,
+        /// Total rates to try, msg/s.
+        #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000,20000")]
+        rates: Vec<u64>,
+        #[arg(long, default_value = "docs/bench-sweep.md")]
+        out: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct AgentAccounts {
+    /// Agent accounts are PREFIX0, PREFIX1, ... (create them with `parley agent add`).
+    #[arg(long, default_value = "bench")]
+    agent_prefix: String,
+    #[arg(long, default_value = "bench-password")]
+    agent_password: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConvArgs {
+    /// Conversations, each with its own agent account.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Total messages per second offered, both sides together.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Message body size in bytes (at least the timestamp).
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    #[command(flatten)]
+    agents: AgentAccounts,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => fail(&format!("cannot start the runtime: {e}")),
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&rt, run(cli)) {
+        Ok(v) => println!("{v}"),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("parley-bench: {msg}");
+    println!("{}", json!({"ok": false, "error": msg}));
+    std::process::exit(1);
+}
+
+async fn run(cli: Cli) -> Result<Value, String> {
+    let ctx = Ctx { server: cli.server, pid: cli.pid, sources: cli.sources.max(1), next: RefCell::new(0) };
+    check_reachable(&ctx).await?;
+    match cli.mode {
+        Mode::Idle { connections, hold } => idle(&ctx, connections, hold).await,
+        Mode::Conversations(a) => conversations(&ctx, &a).await,
+        Mode::AgentLoad { customers, each, duration, agents } => {
+            agent_load(&ctx, customers, each, duration, &agents).await
+        }
+        Mode::Storm { customers, agents } => storm(&ctx, customers, &agents).await,
+        Mode::Sweep { conv, rates, out } => sweep(&ctx, &conv, &rates, &out).await,
+    }
+}
+
+struct Ctx {
+    server: SocketAddr,
+    pid: Option<u32>,
+    sources: u8,
+    next: RefCell<usize>,
+}
+
+async fn check_reachable(ctx: &Ctx) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(ctx.server)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot reach the server at {}: {e} (is it running? --server ADDR)", ctx.server)),
+        Err(_) => Err(format!("cannot reach the server at {}: connect timed out", ctx.server)),
+    }
+}
+
+// ---------------------------------------------------------------- connections
+
+async fn connect(ctx: &Ctx) -> Result<(Tx, Rx), String> {
+    let n = {
+        let mut next = ctx.next.borrow_mut();
+        *next += 1;
+        *next
+    };
+    let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    if ctx.sources > 1 {
+        let src = Ipv4Addr::new(127, 0, 0, 2 + (n % ctx.sources as usize) as u8);
+        sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).map_err(|e| format!("bind {src}: {e}"))?;
+    }
+    let stream = sock.connect(ctx.server).await.map_err(|e| format!("connect {}: {e}", ctx.server))?;
+    let _ = stream.set_nodelay(true);
+    let url = format!("ws://{}/ws", ctx.server);
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, stream).await.map_err(|e| format!("websocket handshake: {e}"))?;
+    Ok(ws.split())
+}
+
+async fn send(tx: &mut Tx, v: &Value) -> Result<(), String> {
+    tx.send(Message::Text(v.to_string())).await.map_err(|e| format!("send: {e}"))
+}
+
+/// The next JSON frame.
+async fn next_json(rx: &mut Rx) -> Result<Value, String> {
+    loop {
+        let m = tokio::time::timeout(REPLY_TIMEOUT, rx.next())
+            .await
+            .map_err(|_| "no frame from the server in 30 s".to_string())?;
+        match m {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).map_err(|e| format!("bad JSON: {e}")),
+            Some(Ok(Message::Close(c))) => return Err(format!("server closed the connection: {c:?}")),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("read: {e}")),
+            None => return Err("connection ended".into()),
+        }
+    }
+}
+
+async fn until(rx: &mut Rx, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
+    loop {
+        let v = next_json(rx).await?;
+        if v["type"] == "error" {
+            return Err(format!("server error while waiting for {what}: {v}"));
+        }
+        if pred(&v) {
+            return Ok(v);
+        }
+    }
+}
+
+struct Customer {
+    tx: Tx,
+    rx: Rx,
+    token: String,
+    conv: String,
+}
+
+async fn customer(ctx: &Ctx, name: &str) -> Result<Customer, String> {
+    let (mut tx, mut rx) = connect(ctx).await?;
+    send(&mut tx, &json!({"type": "hello", "role": "customer", "name": name})).await?;
+    let w = until(&mut rx, "welcome", |v| v["type"] == "welcome").await?;
+    send(&mut tx, &json!({"type": "open", "ref": "open"})).await?;
+    let c = until(&mut rx, "conversation", |v| v["ref"] == "open").await?;
+    Ok(Customer {
+        tx,
+        rx,
+        token: w["token"].as_str().unwrap_or_default().to_string(),
+        conv: c["conversation"]["id"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+async fn login(ctx: &Ctx, name: &str, password: &str) -> Result<String, String> {
+    let url = format!("http://{}/api/login", ctx.server);
+    let res = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(json!({"name": name, "password": password}).to_string())
+        .send()
+        .await
+        .map_err(|e| format!("login {name}: {e}"))?;
+    let status = res.status();
+    let text = res.text().await.map_err(|e| format!("login {name}: {e}"))?;
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    match v["token"].as_str() {
+        Some(t) if status.is_success() => Ok(t.to_string()),
+        _ => Err(format!(
+            "login {name} refused ({status}); create the bench accounts first: \
+             parley agent add {name} --password PW --max-active N"
+        )),
+    }
+}
+
+struct Agent {
+    tx: Tx,
+    rx: Rx,
+}
+
+async fn agent(ctx: &Ctx, token: &str) -> Result<Agent, String> {
+    let (mut tx, mut rx) = connect(ctx).await?;
+    send(&mut tx, &json!({"type": "hello", "role": "agent", "token": token})).await?;
+    until(&mut rx, "welcome", |v| v["type"] == "welcome").await?;
+    Ok(Agent { tx, rx })
+}
+
+fn is_assignment(v: &Value, conv: &str) -> bool {
+    v["type"] == "conversation" && v["conversation"]["id"] == conv && v["conversation"]["status"] == "active"
+}
+
+// ---------------------------------------------------------------- measurements
+
+fn proc_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of a process, in seconds (USER_HZ = 100 on Linux).
+fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn hist() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits: a few tens of KiB.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| fail("histogram bounds"))
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    let ms = |q: f64| round3(h.value_at_quantile(q) as f64 / 1000.0);
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
+        "max_ms": round3(h.max() as f64 / 1000.0),
+    })
+}
+
+// ---------------------------------------------------------------- idle
+
+async fn idle(ctx: &Ctx, n: usize, hold: u64) -> Result<Value, String> {
+    let rss0 = ctx.pid.and_then(proc_rss_kib);
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(n);
+    let mut last = Instant::now();
+    for i in 0..n {
+        held.push(customer(ctx, &format!("idle{i}")).await?);
+        if last.elapsed() > Duration::from_secs(1) {
+            eprintln!("idle: {} of {n} connected", i + 1);
+            last = Instant::now();
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    // Keep reading (and so answering pings) while holding.
+    let mut readers = Vec::new();
+    for c in held.drain(..) {
+        readers.push(tokio::task::spawn_local(async move {
+            let Customer { tx, mut rx, .. } = c;
+            let _keep = tx;
+            while let Some(Ok(_)) = rx.next().await {}
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu0 = ctx.pid.and_then(proc_cpu_secs);
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let cpu1 = ctx.pid.and_then(proc_cpu_secs);
+    let rss1 = ctx.pid.and_then(proc_rss_kib);
+    for r in readers {
+        r.abort();
+    }
+    let per_conn = match (rss0, rss1) {
+        (Some(a), Some(b)) => Some(((b.saturating_sub(a)) as f64 / n as f64 * 100.0).round() / 100.0),
+        _ => None,
+    };
+    let idle_cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(((b - a) / hold as f64 * 10000.0).round() / 100.0),
+        _ => None,
+    };
+    eprintln!("idle: {n} connections, {per_conn:?} KiB each, server CPU {idle_cpu:?} % while idle");
+    Ok(json!({
+        "ok": true, "mode": "idle", "connections": n, "connect_secs": round3(connect_secs),
+        "server_rss_kib_before": rss0, "server_rss_kib_after": rss1,
+        "rss_kib_per_connection": per_conn, "server_idle_cpu_percent": idle_cpu,
+    }))
+}
+
+// ---------------------------------------------------------------- conversations
+
+/// Counters of one load run (one thread: RefCell is enough).
+struct Load {
+    epoch: Instant,
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    errors: u64,
+    e2e: Histogram<u64>,
+    ack: Histogram<u64>,
+}
+
+impl Load {
+    fn new() -> Self {
+        Load {
+            epoch: Instant::now(),
+            sent: 0,
+            acked: 0,
+            delivered: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            errors: 0,
+            e2e: hist(),
+            ack: hist(),
+        }
+    }
+    fn micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}
+
+/// What one side of a conversation does.
+struct SidePlan {
+    conv: String,
+    tag: &'static str,
+    per_sec: f64,
+    secs: u64,
+    body_bytes: usize,
+}
+
+/// One side of a conversation: sends at `per_sec` for `secs` (the send time
+/// in the body), records acks, and records every text `message` from the other
+/// side: end-to-end latency, duplicates and order by `seq`.
+async fn side(mut tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
+    let pending: Rc<RefCell<HashMap<String, u64>>> = Rc::new(RefCell::new(HashMap::new()));
+    let reader = {
+        let (load, pending) = (load.clone(), pending.clone());
+        tokio::task::spawn_local(async move {
+            let mut last_seq = 0u64;
+            while let Some(Ok(m)) = rx.next().await {
+                let Message::Text(t) = m else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
+                let mut l = load.borrow_mut();
+                match v["type"].as_str() {
+                    Some("ack") => {
+                        let id = v["client_id"].as_str().unwrap_or_default();
+                        if let Some(t0) = pending.borrow_mut().remove(id) {
+                            let now = l.micros();
+                            let _ = l.ack.record(now.saturating_sub(t0).max(1));
+                            l.acked += 1;
+                        }
+                    }
+                    Some("message") if v["message"]["kind"] == "text" => {
+                        let seq = v["message"]["seq"].as_u64().unwrap_or(0);
+                        if seq == last_seq {
+                            l.duplicated += 1;
+                            continue;
+                        } else if seq < last_seq {
+                            l.out_of_order += 1;
+                        }
+                        last_seq = last_seq.max(seq);
+                        let body = v["message"]["body"].as_str().unwrap_or_default();
+                        if let Some(t0) = body.split(':').nth(1).and_then(|s| s.parse::<u64>().ok()) {
+                            let now = l.micros();
+                            let _ = l.e2e.record(now.saturating_sub(t0).max(1));
+                            l.delivered += 1;
+                        }
+                    }
+                    Some("error") => l.errors += 1,
+                    _ => {}
+                }
+            }
+        })
+    };
+    if plan.per_sec > 0.0 {
+        let period = Duration::from_secs_f64(1.0 / plan.per_sec);
+        // Spread the senders' phases so the offered load is smooth.
+        tokio::time::sleep(period.mul_f64(rand_fraction())).await;
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let end = Instant::now() + Duration::from_secs(plan.secs);
+        let mut n = 0u64;
+        while Instant::now() < end {
+            tick.tick().await;
+            n += 1;
+            let t0 = load.borrow().micros();
+            let cid = format!("{}{n}", plan.tag);
+            let mut body = format!("t:{t0}:");
+            while body.len() < plan.body_bytes {
+                body.push('x');
+            }
+            pending.borrow_mut().insert(cid.clone(), t0);
+            let frame = json!({"type": "send", "conversation": plan.conv, "client_id": cid, "body": body});
+            if tx.send(Message::Text(frame.to_string())).await.is_err() {
+                load.borrow_mut().errors += 1;
+                break;
+            }
+            load.borrow_mut().sent += 1;
+        }
+    }
+    tokio::time::sleep(DRAIN).await;
+    reader.abort();
+    let _ = tx.close().await;
+}
+
+fn rand_fraction() -> f64 {
+    use rand::Rng;
+    rand::thread_rng().gen::<f64>()
+}
+
+/// Pairs a customer with agent account `i`: the agent joins the room, the
+/// customer opens (and is assigned to them), the agent leaves the room so it
+/// receives only its own conversation's traffic.
+async fn pair(ctx: &Ctx, i: usize, a: &AgentAccounts) -> Result<(Customer, Agent), String> {
+    let token = login(ctx, &format!("{}{i}", a.agent_prefix), &a.agent_password).await?;
+    let mut ag = agent(ctx, &token).await?;
+    send(&mut ag.tx, &json!({"type": "join", "room": "support", "ref": "j"})).await?;
+    until(&mut ag.rx, "room", |v| v["ref"] == "j").await?;
+    let c = customer(ctx, &format!("c{i}")).await?;
+    let conv = c.conv.clone();
+    until(&mut ag.rx, "assignment", |v| is_assignment(v, &conv)).await?;
+    send(&mut ag.tx, &json!({"type": "leave", "room": "support", "ref": "l"})).await?;
+    until(&mut ag.rx, "leave ack", |v| v["ref"] == "l").await?;
+    Ok((c, ag))
+}
+
+async fn conversations(ctx: &Ctx, a: &ConvArgs) -> Result<Value, String> {
+    eprintln!("conversations: setting up {} pairs", a.pairs);
+    let mut pairs = Vec::with_capacity(a.pairs);
+    for i in 0..a.pairs {
+        pairs.push(pair(ctx, i, &a.agents).await?);
+    }
+    run_load(ctx, pairs, a.rate, a.duration, a.body_bytes).await
+}
+
+async fn run_load(
+    ctx: &Ctx,
+    pairs: Vec<(Customer, Agent)>,
+    rate: u64,
+    duration: u64,
+    body_bytes: usize,
+) -> Result<Value, String> {
+    let load = Rc::new(RefCell::new(Load::new()));
+    let per_sec = rate as f64 / (2 * pairs.len().max(1)) as f64;
+    let cpu0 = ctx.pid.and_then(proc_cpu_secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, ag) in pairs {
+        let plan = |tag| SidePlan { conv: c.conv.clone(), tag, per_sec, secs: duration, body_bytes };
+        let (pc, pa) = (plan("c"), plan("a"));
+        tasks.push(tokio::task::spawn_local(side(c.tx, c.rx, pc, load.clone())));
+        tasks.push(tokio::task::spawn_local(side(ag.tx, ag.rx, pa, load.clone())));
+    }
+    let progress = tokio::task::spawn_local(progress(load.clone()));
+    for t in tasks {
+        let _ = t.await;
+    }
+    progress.abort();
+    let secs = (started.elapsed() - DRAIN).as_secs_f64();
+    let cpu = match (cpu0, ctx.pid.and_then(proc_cpu_secs)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let l = load.borrow();
+    let lost = l.acked.saturating_sub(l.delivered);
+    Ok(json!({
+        "ok": lost == 0 && l.duplicated == 0 && l.out_of_order == 0,
+        "mode": "conversations",
+        "offered_msg_per_sec": rate,
+        "sent": l.sent, "acked": l.acked, "delivered": l.delivered,
+        "delivered_msg_per_sec": (l.delivered as f64 / secs.max(0.001)).round(),
+        "lost": lost, "duplicated": l.duplicated, "out_of_order": l.out_of_order, "errors": l.errors,
+        "latency": percentiles(&l.e2e), "ack_latency": percentiles(&l.ack),
+        "server_cpu_secs": cpu.map(round3),
+        "server_cpu_secs_per_million": cpu.map(|c| round3(c / (l.delivered.max(1) as f64) * 1e6)),
+    }))
+}
+
+async fn progress(load: Rc<RefCell<Load>>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let l = load.borrow();
+        eprintln!(
+            "  sent {} acked {} delivered {} p99 {:.2} ms errors {}",
+            l.sent,
+            l.acked,
+            l.delivered,
+            l.e2e.value_at_quantile(0.99) as f64 / 1000.0,
+            l.errors
+        );
+    }
+}
+
+// ---------------------------------------------------------------- agent-load
+
+async fn agent_load(ctx: &Ctx, n: usize, each: f64, duration: u64, a: &AgentAccounts) -> Result<Value, String> {
+    let token = login(ctx, &format!("{}0", a.agent_prefix), &a.agent_password).await?;
+    let mut ag = agent(ctx, &token).await?;
+    send(&mut ag.tx, &json!({"type": "join", "room": "support", "ref": "j"})).await?;
+    until(&mut ag.rx, "room", |v| v["ref"] == "j").await?;
+    let mut customers = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = customer(ctx, &format!("load{i}")).await?;
+        let conv = c.conv.clone();
+        until(&mut ag.rx, "assignment", |v| is_assignment(v, &conv))
+            .await
+            .map_err(|e| format!("{e} (give {}0 --max-active {n} or more)", a.agent_prefix))?;
+        customers.push(c);
+    }
+    send(&mut ag.tx, &json!({"type": "leave", "room": "support", "ref": "l"})).await?;
+    until(&mut ag.rx, "leave ack", |v| v["ref"] == "l").await?;
+    let load = Rc::new(RefCell::new(Load::new()));
+    let mut tasks = Vec::new();
+    for c in customers {
+        let plan = SidePlan { conv: c.conv, tag: "c", per_sec: each, secs: duration, body_bytes: 64 };
+        tasks.push(tokio::task::spawn_local(side(c.tx, c.rx, plan, load.clone())));
+    }
+    // The agent only receives: its latency is what the agent side sees.
+    let plan = SidePlan { conv: String::new(), tag: "a", per_sec: 0.0, secs: duration, body_bytes: 64 };
+    tasks.push(tokio::task::spawn_local(side(ag.tx, ag.rx, plan, load.clone())));
+    let progress = tokio::task::spawn_local(progress(load.clone()));
+    for t in tasks {
+        let _ = t.await;
+    }
+    progress.abort();
+    let l = load.borrow();
+    Ok(json!({
+        "ok": l.acked == l.delivered, "mode": "agent-load", "customers": n, "each_per_sec": each,
+        "sent": l.sent, "acked": l.acked, "delivered_to_agent": l.delivered,
+        "agent_latency": percentiles(&l.e2e), "ack_latency": percentiles(&l.ack),
+    }))
+}
+
+// ---------------------------------------------------------------- storm
+
+async fn storm(ctx: &Ctx, n: usize, a: &AgentAccounts) -> Result<Value, String> {
+    let token = login(ctx, &format!("{}0", a.agent_prefix), &a.agent_password).await?;
+    eprintln!("storm: connecting {n} customers");
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        held.push(customer(ctx, &format!("storm{i}")).await?);
+    }
+    let convs: Vec<(String, String)> = held.iter().map(|c| (c.token.clone(), c.conv.clone())).collect();
+    // Everyone is cut at once.
+    drop(held);
+    // While they are away, one message lands in every conversation.
+    let http = reqwest::Client::new();
+    let mut missed = HashMap::new();
+    for (i, (_, conv)) in convs.iter().enumerate() {
+        let url = format!("http://{}/api/conversations/{conv}/messages", ctx.server);
+        let res = http
+            .post(url)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(
+                json!({"client_id": format!("storm-{i}-{}", rand_index()), "body": "while you were away"}).to_string(),
+            )
+            .send()
+            .await
+            .map_err(|e| format!("post: {e}"))?;
+        let v: Value = serde_json::from_str(&res.text().await.unwrap_or_default()).unwrap_or(Value::Null);
+        missed.insert(conv.clone(), v["seq"].as_u64().ok_or(format!("post refused: {v}"))?);
+    }
+    eprintln!("storm: {n} reconnecting at once");
+    let started = Instant::now();
+    let resumed = Rc::new(RefCell::new((0usize, 0usize)));
+    let mut tasks = Vec::new();
+    for (token, conv) in convs {
+        let want = missed[&conv];
+        let (server, sources, tally) = (ctx.server, ctx.sources, resumed.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            let ctx = Ctx { server, pid: None, sources, next: RefCell::new(rand_index()) };
+            let got = async {
+                let (mut tx, mut rx) = connect(&ctx).await?;
+                send(&mut tx, &json!({"type": "hello", "role": "customer", "token": token})).await?;
+                until(&mut rx, "welcome", |v| v["type"] == "welcome").await?;
+                send(&mut tx, &json!({"type": "sync", "conversation": conv, "after_seq": want - 1, "ref": "s"}))
+                    .await?;
+                let h = until(&mut rx, "history", |v| v["ref"] == "s").await?;
+                Ok::<bool, String>(h["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["seq"] == want)))
+            }
+            .await;
+            let mut t = tally.borrow_mut();
+            match got {
+                Ok(true) => t.0 += 1,
+                _ => t.1 += 1,
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (ok, lost) = *resumed.borrow();
+    Ok(
+        json!({"ok": lost == 0, "mode": "storm", "customers": n, "resumed": ok, "lost": lost, "resume_secs": round3(secs)}),
+    )
+}
+
+fn rand_index() -> usize {
+    use rand::Rng;
+    rand::thread_rng().gen::<u16>() as usize
+}
+
+// ---------------------------------------------------------------- sweep
+
+async fn sweep(ctx: &Ctx, a: &ConvArgs, rates: &[u64], out: &str) -> Result<Value, String> {
+    let mut rows = Vec::new();
+    let mut offset = 0usize;
+    for &rate in rates {
+        eprintln!("sweep: {rate} msg/s");
+        let mut pairs = Vec::with_capacity(a.pairs);
+        for i in 0..a.pairs {
+            pairs.push(pair(ctx, offset + i, &a.agents).await?);
+        }
+        offset += a.pairs;
+        rows.push(run_load(ctx, pairs, rate, a.duration, a.body_bytes).await?);
+    }
+    std::fs::write(out, sweep_report(a, &rows)).map_err(|e| format!("cannot write {out}: {e}"))?;
+    Ok(json!({"ok": rows.iter().all(|r| r["ok"] == true), "mode": "sweep", "report": out, "runs": rows}))
+}
+
+fn sweep_report(a: &ConvArgs, rows: &[Value]) -> String {
+    let mut md = format!(
+        "# Latency against offered load\n\n{} conversations (customer + agent), {} s per rate, {}-byte bodies.\n\n",
+        a.pairs, a.duration, a.body_bytes
+    );
+    md.push_str(
+        "| offered msg/s | delivered msg/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | dup | ooo |\n",
+    );
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let l = &r["latency"];
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["offered_msg_per_sec"],
+            r["delivered_msg_per_sec"],
+            l["p50_ms"],
+            l["p90_ms"],
+            l["p99_ms"],
+            l["p999_ms"],
+            l["max_ms"],
+            r["lost"],
+            r["duplicated"],
+            r["out_of_order"]
+        ));
+    }
+    md.push('\n');
+    md.push_str(&svg_plot(rows));
+    md
+}
+
+/// Latency percentiles (log scale) against offered load, as inline SVG.
+fn svg_plot(rows: &[Value]) -> String {
+    let (w, h, m) = (640.0, 320.0, 50.0);
+    let xs: Vec<f64> = rows.iter().map(|r| r["offered_msg_per_sec"].as_f64().unwrap_or(0.0)).collect();
+    let xmax = xs.iter().cloned().fold(1.0, f64::max);
+    let ymax = rows.iter().map(|r| r["latency"]["p99_ms"].as_f64().unwrap_or(0.0)).fold(1.0, f64::max);
+    let span = ymax.log10() + 2.3;
+    let px = |x: f64| m + x / xmax * (w - 2.0 * m);
+    let py = |y: f64| h - m - (y.max(0.01).log10() + 2.0) / span * (h - 2.0 * m);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n"
+    );
+    s.push_str(&format!("<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n"));
+    s.push_str(&format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m));
+    s.push_str(&format!("<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m));
+    s.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">offered msg/s</text>\n", w / 2.0, h - 12.0));
+    for ms in [0.1, 1.0, 10.0, 100.0, 1000.0].into_iter().filter(|v| *v <= ymax * 2.0) {
+        s.push_str(&format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{ms} ms</text>\n", m - 4.0, py(ms) + 4.0));
+    }
+    for (key, color) in [("p50_ms", "#2b8a3e"), ("p90_ms", "#e67700"), ("p99_ms", "#c92a2a")] {
+        let pts: Vec<(f64, f64)> =
+            rows.iter().zip(&xs).map(|(r, x)| (px(*x), py(r["latency"][key].as_f64().unwrap_or(0.0)))).collect();
+        let list: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        s.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            list.join(" ")
+        ));
+        if let Some((x, y)) = pts.last() {
+            s.push_str(&format!(
+                "<text x=\"{x:.1}\" y=\"{y:.1}\" dx=\"4\" fill=\"{color}\">{}</text>\n",
+                key.trim_end_matches("_ms")
+            ));
+        }
+    }
+    for (r, x) in rows.iter().zip(&xs) {
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            px(*x),
+            h - m + 14.0,
+            r["offered_msg_per_sec"]
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
