@@ -35,7 +35,7 @@ CREATE INDEX conversations_by_status ON conversations (status, room, queued_at);
 CREATE TABLE messages (
     conversation_id TEXT NOT NULL,
     seq             INTEGER NOT NULL,
-    id              TEXT NOT NULL,            -- m_..., unique system-wide
+    id              TEXT NOT NULL,            -- m_..., 80 random bits: unique system-wide without an index
     ts              INTEGER NOT NULL,
     sender_id       TEXT NOT NULL,
     sender_role     TEXT NOT NULL,
@@ -46,7 +46,6 @@ CREATE TABLE messages (
     event           TEXT,                     -- JSON of the event, kind = event only
     PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX messages_by_id ON messages (id);
 -- Idempotent retries: one message per (sender, client_id).
 CREATE UNIQUE INDEX messages_by_client_id ON messages (sender_id, client_id) WHERE client_id IS NOT NULL;
 

@@ -134,6 +134,40 @@ pub fn verify_password(pw: &str, hash: &str) -> bool {
     }
 }
 
+/// Threads that check passwords. Argon2 needs ~19 MiB per check; doing it on
+/// a few long-lived threads bounds both that memory (the allocator keeps a
+/// per-thread arena) and the CPU a flood of logins can take.
+const PASSWORD_THREADS: usize = 2;
+
+type PasswordJob = (String, String, tokio::sync::oneshot::Sender<bool>);
+
+/// Checks a password on the password threads, without blocking the caller.
+pub async fn check_password(pw: String, hash: String) -> bool {
+    static POOL: std::sync::OnceLock<std::sync::mpsc::SyncSender<PasswordJob>> = std::sync::OnceLock::new();
+    let tx = POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<PasswordJob>(1024);
+        let rx = std::sync::Arc::new(parking_lot::Mutex::new(rx));
+        for i in 0..PASSWORD_THREADS {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new().name(format!("parley-password-{i}")).spawn(move || loop {
+                let job = rx.lock().recv();
+                match job {
+                    Ok((pw, hash, reply)) => {
+                        let _ = reply.send(verify_password(&pw, &hash));
+                    }
+                    Err(_) => return,
+                }
+            });
+        }
+        tx
+    });
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if tx.try_send((pw, hash, reply)).is_err() {
+        return false; // overloaded: refuse rather than queue without bound
+    }
+    rx.await.unwrap_or(false)
+}
+
 /// A hash to verify against when the name is unknown, so that a wrong name
 /// and a wrong password take the same time.
 pub fn dummy_hash() -> &'static str {

@@ -72,6 +72,9 @@ async fn serve(
     let http = HttpServer::new(move || App::new().app_data(web::Data::new(state.clone())).configure(http::routes))
         .on_connect(|conn, ext| {
             if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                // Chat frames are small and must leave at once, not wait for
+                // the previous one's ACK (Nagle).
+                let _ = tcp.set_nodelay(true);
                 if let Ok(peer) = tcp.peer_addr() {
                     ext.insert(ConnSocket { fd: tcp.as_raw_fd(), peer });
                 }

@@ -2,7 +2,7 @@
 //! the matching status (error::ApiError).
 
 use super::AppState;
-use crate::auth::{dummy_hash, verify_password, Claims};
+use crate::auth::{check_password, dummy_hash, Claims};
 use crate::chat::messages::{HttpCaller, HttpHistory, HttpSend, LiveConversations};
 use crate::error::ApiError;
 use crate::protocol::{ConvStatus, Conversation, Role, User, SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT};
@@ -57,7 +57,7 @@ pub async fn login(app: web::Data<AppState>, body: web::Json<Login>) -> Result<H
     let row = app.store.agent_by_name(&name).await?;
     let hash = row.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_string());
     // Argon2 takes tens of milliseconds of CPU: keep it off the worker thread.
-    let ok = web::block(move || verify_password(&password, &hash)).await.map_err(|_| ApiError::internal())?;
+    let ok = check_password(password, hash).await;
     match row {
         Some(a) if ok => {
             let token = app.signer.issue(&a.id, Role::Agent, &a.name, app.cfg.agent_token_ttl_secs);
