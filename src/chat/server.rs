@@ -35,6 +35,8 @@ pub const SERVER_MAILBOX: usize = 65_536;
 const MAX_PENDING_WRITES: usize = 200_000;
 /// Closed conversations kept in memory for quick access (oldest evicted first).
 const CLOSED_CACHE: usize = 10_000;
+/// Most queue-position changes in one step that are also pushed to the room's agents.
+const POSITION_PUSHES_TO_AGENTS: usize = 100;
 /// How long a jammed connection may take to read its 4008 close frame before
 /// its socket is shut down.
 const JAM_FORCE_AFTER: Duration = Duration::from_secs(2);
@@ -197,8 +199,10 @@ impl ChatServer {
     fn send(&mut self, sid: u64, frame: &Encoded) {
         let Some(s) = self.sessions.get(&sid) else { return };
         let len = frame.len();
-        let queued = s.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if queued > self.cfg.queue_bytes {
+        let before = s.queued.fetch_add(len, Ordering::Relaxed);
+        // A frame larger than the whole bound (a long queue in a `room` reply)
+        // still goes to a session that has nothing else waiting.
+        if before > 0 && before + len > self.cfg.queue_bytes {
             self.jammed.push(sid);
             return;
         }
@@ -324,11 +328,21 @@ impl ChatServer {
             .map(|(i, c)| (c.clone(), i as u32 + 1))
             .filter(|(c, p)| self.convs.get(c).is_some_and(|c| c.pushed_position != Some(*p)))
             .collect();
+        // Every waiting customer hears their new position. The room's agents
+        // hear it too, unless so many moved at once that it would flood each
+        // of them with the whole queue; the order they hold stays right, since
+        // everyone behind a departure moves up together.
+        let to_agents = changed.len() <= POSITION_PUSHES_TO_AGENTS;
         for (cid, pos) in changed {
             let Some(conv) = self.convs.get_mut(&cid) else { continue };
             conv.pushed_position = Some(pos);
             let f = Out::Conversation { r#ref: None, conversation: &conv.snapshot(Some(pos)) }.encode();
-            let aud = self.audience(&self.convs[&cid], true);
+            let conv = &self.convs[&cid];
+            let aud = if to_agents {
+                self.audience(conv, true)
+            } else {
+                self.customers.get(&conv.customer.id).map(|c| c.sessions.iter().copied().collect()).unwrap_or_default()
+            };
             self.send_many(&aud, &f);
         }
     }

@@ -89,13 +89,15 @@ impl Server {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[parley stdout] {line}");
+                // Record the line before announcing the address, so that
+                // `stdout_lines()` already holds it when `start` returns.
+                sink.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.strip_prefix("listening http=") {
                     if let Some(tx) = tx.take() {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                         let _ = tx.send(addr);
                     }
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         std::thread::spawn(move || {
