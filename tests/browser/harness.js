@@ -13,7 +13,11 @@ import { chromium } from 'playwright-core';
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const REPO = resolve(HERE, '../..');
 export const BIN = process.env.PARLEY_BIN ? resolve(process.env.PARLEY_BIN) : resolve(HERE, '../../target/debug/parley');
-export const SCREENSHOTS = join(REPO, 'docs', 'screenshots');
+// The README's screenshots are refreshed only on request (PARLEY_SCREENSHOTS=1),
+// so an ordinary test run leaves the work tree as it was.
+export const SCREENSHOTS = process.env.PARLEY_SCREENSHOTS
+  ? join(REPO, 'docs', 'screenshots')
+  : join(tmpdir(), 'parley-screenshots');
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'];
 
