@@ -203,16 +203,20 @@ async fn next_json(rx: &mut Rx) -> Result<Value, String> {
     }
 }
 
+/// The first frame that matches, within [`REPLY_TIMEOUT`] in all.
 async fn until(rx: &mut Rx, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, String> {
-    loop {
-        let v = next_json(rx).await?;
-        if v["type"] == "error" {
-            return Err(format!("server error while waiting for {what}: {v}"));
+    let wait = async {
+        loop {
+            let v = next_json(rx).await?;
+            if v["type"] == "error" {
+                return Err(format!("server error while waiting for {what}: {v}"));
+            }
+            if pred(&v) {
+                return Ok(v);
+            }
         }
-        if pred(&v) {
-            return Ok(v);
-        }
-    }
+    };
+    tokio::time::timeout(REPLY_TIMEOUT, wait).await.map_err(|_| format!("no {what} from the server in 30 s"))?
 }
 
 struct Customer {
@@ -406,7 +410,8 @@ async fn side(mut tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
     let reader = {
         let (load, pending) = (load.clone(), pending.clone());
         tokio::task::spawn_local(async move {
-            let mut last_seq = 0u64;
+            // Highest seq seen per conversation (an agent side may hold many).
+            let mut last_seq: HashMap<String, u64> = HashMap::new();
             while let Some(Ok(m)) = rx.next().await {
                 let Message::Text(t) = m else { continue };
                 let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
@@ -422,13 +427,15 @@ async fn side(mut tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
                     }
                     Some("message") if v["message"]["kind"] == "text" => {
                         let seq = v["message"]["seq"].as_u64().unwrap_or(0);
-                        if seq == last_seq {
+                        let conv = v["message"]["conversation"].as_str().unwrap_or_default();
+                        let last = last_seq.entry(conv.to_string()).or_insert(0);
+                        if seq == *last {
                             l.duplicated += 1;
                             continue;
-                        } else if seq < last_seq {
+                        } else if seq < *last {
                             l.out_of_order += 1;
                         }
-                        last_seq = last_seq.max(seq);
+                        *last = (*last).max(seq);
                         let body = v["message"]["body"].as_str().unwrap_or_default();
                         if let Some(t0) = body.split(':').nth(1).and_then(|s| s.parse::<u64>().ok()) {
                             let now = l.micros();
@@ -468,8 +475,16 @@ async fn side(mut tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
             load.borrow_mut().sent += 1;
         }
     }
+    if plan.per_sec <= 0.0 {
+        // A side that only receives listens for the whole run.
+        tokio::time::sleep(Duration::from_secs(plan.secs)).await;
+    }
     tokio::time::sleep(DRAIN).await;
     reader.abort();
+    // The customer closes, so the next run starts with an empty queue and free agents.
+    if plan.tag == "c" && !plan.conv.is_empty() {
+        let _ = tx.send(Message::Text(json!({"type": "close", "conversation": plan.conv}).to_string())).await;
+    }
     let _ = tx.close().await;
 }
 
@@ -686,11 +701,14 @@ async fn sweep(ctx: &Ctx, a: &ConvArgs, rates: &[u64], out: &str) -> Result<Valu
         offset += a.pairs;
         rows.push(run_load(ctx, pairs, rate, a.duration, a.body_bytes).await?);
     }
-    std::fs::write(out, sweep_report(a, &rows)).map_err(|e| format!("cannot write {out}: {e}"))?;
+    let svg = std::path::Path::new(out).with_extension("svg");
+    std::fs::write(&svg, svg_plot(&rows)).map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
+    let name = svg.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    std::fs::write(out, sweep_report(a, &rows, &name)).map_err(|e| format!("cannot write {out}: {e}"))?;
     Ok(json!({"ok": rows.iter().all(|r| r["ok"] == true), "mode": "sweep", "report": out, "runs": rows}))
 }
 
-fn sweep_report(a: &ConvArgs, rows: &[Value]) -> String {
+fn sweep_report(a: &ConvArgs, rows: &[Value], svg: &str) -> String {
     let mut md = format!(
         "# Latency against offered load\n\n{} conversations (customer + agent), {} s per rate, {}-byte bodies.\n\n",
         a.pairs, a.duration, a.body_bytes
@@ -715,12 +733,11 @@ fn sweep_report(a: &ConvArgs, rows: &[Value]) -> String {
             r["out_of_order"]
         ));
     }
-    md.push('\n');
-    md.push_str(&svg_plot(rows));
+    md.push_str(&format!("\n![Latency percentiles against offered load]({svg})\n"));
     md
 }
 
-/// Latency percentiles (log scale) against offered load, as inline SVG.
+/// Latency percentiles (log scale) against offered load, as an SVG image.
 fn svg_plot(rows: &[Value]) -> String {
     let (w, h, m) = (640.0, 320.0, 50.0);
     let xs: Vec<f64> = rows.iter().map(|r| r["offered_msg_per_sec"].as_f64().unwrap_or(0.0)).collect();
