@@ -1181,6 +1181,23 @@ impl ChatServer {
         }
     }
 
+    /// Gives `msg` back when the conversation it names is in memory (or was
+    /// already looked up); otherwise loads it and handles `msg` again later.
+    fn ready<M>(&mut self, msg: M, ctx: &mut Context<Self>) -> Option<M>
+    where
+        M: Retry,
+        Self: Handler<M>,
+    {
+        match msg.conversation() {
+            Some(cid) if !msg.loaded() && !self.convs.contains_key(cid) => {
+                let cid = cid.to_string();
+                self.load_then(cid, msg, ctx);
+                None
+            }
+            _ => Some(msg),
+        }
+    }
+
     /// Loads a conversation this node does not hold, then handles `msg` again.
     fn load_then<M>(&mut self, cid: String, mut msg: M, ctx: &mut Context<Self>)
     where
@@ -1214,11 +1231,21 @@ impl ChatServer {
 
 /// Messages that name a conversation the node may have to load first.
 pub trait Retry: actix::Message<Result = ()> + std::marker::Send + Unpin + 'static {
+    /// The conversation it names, if any.
+    fn conversation(&self) -> Option<&str>;
+    /// Whether that conversation was already looked up in the store.
+    fn loaded(&self) -> bool;
     fn mark_loaded(&mut self);
     fn fail(self, srv: &mut ChatServer, e: ApiError);
 }
 
 impl Retry for ClientRequest {
+    fn conversation(&self) -> Option<&str> {
+        conversation_of(&self.req)
+    }
+    fn loaded(&self) -> bool {
+        self.loaded
+    }
     fn mark_loaded(&mut self) {
         self.loaded = true;
     }
@@ -1228,6 +1255,12 @@ impl Retry for ClientRequest {
 }
 
 impl Retry for HttpSend {
+    fn conversation(&self) -> Option<&str> {
+        Some(&self.conversation)
+    }
+    fn loaded(&self) -> bool {
+        self.loaded
+    }
     fn mark_loaded(&mut self) {
         self.loaded = true;
     }
@@ -1237,6 +1270,12 @@ impl Retry for HttpSend {
 }
 
 impl Retry for HttpHistory {
+    fn conversation(&self) -> Option<&str> {
+        Some(&self.conversation)
+    }
+    fn loaded(&self) -> bool {
+        self.loaded
+    }
     fn mark_loaded(&mut self) {
         self.loaded = true;
     }
@@ -1445,16 +1484,11 @@ impl Handler<ClientRequest> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, m: ClientRequest, ctx: &mut Context<Self>) {
-        let Some(s) = self.sessions.get(&m.sid) else { return };
-        if !m.loaded {
-            if let Some(cid) = conversation_of(&m.req) {
-                if !self.convs.contains_key(cid) {
-                    let cid = cid.to_string();
-                    self.load_then(cid, m, ctx);
-                    return;
-                }
-            }
+        if !self.sessions.contains_key(&m.sid) {
+            return; // the session is gone
         }
+        let Some(m) = self.ready(m, ctx) else { return };
+        let Some(s) = self.sessions.get(&m.sid) else { return };
         let who = Who { user: s.user.clone(), sid: Some(m.sid) };
         let (sid, r#ref) = (m.sid, m.r#ref.clone());
         if let Err(e) = self.request(who, m.r#ref, m.req, ctx) {
@@ -1468,11 +1502,7 @@ impl Handler<HttpSend> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, m: HttpSend, ctx: &mut Context<Self>) {
-        if !m.loaded && !self.convs.contains_key(&m.conversation) {
-            let cid = m.conversation.clone();
-            self.load_then(cid, m, ctx);
-            return;
-        }
+        let Some(m) = self.ready(m, ctx) else { return };
         let who = Who { user: m.caller.user, sid: None };
         match self.prepare_send(&who, m.conversation, m.client_id, m.body, m.internal) {
             Ok(msg) => {
@@ -1491,11 +1521,7 @@ impl Handler<HttpHistory> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, m: HttpHistory, ctx: &mut Context<Self>) {
-        if !m.loaded && !self.convs.contains_key(&m.conversation) {
-            let cid = m.conversation.clone();
-            self.load_then(cid, m, ctx);
-            return;
-        }
+        let Some(m) = self.ready(m, ctx) else { return };
         let who = Who { user: m.caller.user, sid: None };
         let access = match self.conv_for(&who, &m.conversation) {
             Ok((_, a)) => a,
