@@ -2,26 +2,12 @@
 // tag: it finds the server from its own script URL, draws in a shadow root that
 // the host page's CSS cannot reach, and chats over ws://SERVER/ws.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import {
-  addAgent,
-  agentJoin,
-  agentLogin,
-  cleanup,
-  consoleMessage,
-  customerSend,
-  launchBrowser,
-  newPage,
-  startServer,
-  tempDataDir,
-  widgetMessage,
-} from './harness.js';
+import { newPage } from './harness.js';
+import { customerWritesAgentOpens, openConsole, parleySuite, waitChattingWith, widgetMessageIn } from './scenarios.js';
 
-let dir;
-let server;
-let browser;
 let host;
 let hostUrl;
 
@@ -33,32 +19,28 @@ const hostPage = (parley) => `<!doctype html>
 <script src="${parley}/widget.js" data-room="support" async></script>
 </body></html>`;
 
-before(async () => {
-  dir = tempDataDir('embed');
-  addAgent(dir, 'ida', 'pw-ida-123');
-  host = createServer((req, res) => {
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-    res.end(hostPage(server.url));
-  });
-  await new Promise((r) => host.listen(0, '127.0.0.1', r));
-  hostUrl = `http://127.0.0.1:${host.address().port}`;
-  server = await startServer({ dataDir: dir, args: ['--allowed-origins', hostUrl] });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-  await new Promise((r) => host?.close(r));
-  cleanup(dir);
+const suite = parleySuite({
+  tag: 'embed',
+  agents: [['ida', 'pw-ida-123']],
+  // The host site is up before the server, which allows its origin.
+  beforeServer: async () => {
+    host = createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      res.end(hostPage(suite.server.url));
+    });
+    await new Promise((r) => host.listen(0, '127.0.0.1', r));
+    hostUrl = `http://127.0.0.1:${host.address().port}`;
+  },
+  serverArgs: () => ['--allowed-origins', hostUrl],
+  afterServer: async () => {
+    await new Promise((r) => host?.close(r));
+  },
 });
 
 test('widget embedded on another origin loads from its script URL and chats', async () => {
-  const agent = await newPage(browser);
-  await agentLogin(agent, server.url, 'ida', 'pw-ida-123');
-  await agentJoin(agent, 'support');
+  const agent = await openConsole(suite, 'ida', 'pw-ida-123');
 
-  const page = await newPage(browser);
+  const page = await newPage(suite.browser);
   const failed = [];
   page.on('requestfailed', (r) => failed.push(`${r.url()} ${r.failure()?.errorText}`));
   page.on('console', (m) => m.type() === 'error' && failed.push(m.text()));
@@ -75,13 +57,11 @@ test('widget embedded on another origin loads from its script URL and chats', as
   await bubble.click();
   await page.getByTestId('widget-name-input').fill('Jo');
   await page.getByTestId('widget-start').click();
-  await page.getByTestId('widget-status').filter({ hasText: 'You are chatting with ida' }).waitFor();
-  await customerSend(page, 'hello from another site');
-  await agent.getByTestId('conv-item').filter({ hasText: 'Jo' }).click();
-  await consoleMessage(agent, 'hello from another site').waitFor();
-  await widgetMessage(page, 'hello from another site').and(page.locator('[data-status="seen"]')).waitFor();
+  await waitChattingWith(page, 'ida');
+  await customerWritesAgentOpens(page, agent, 'Jo', 'hello from another site');
+  await widgetMessageIn(page, 'hello from another site', 'seen').waitFor();
   // The resume token is kept in the host site's localStorage, keyed by the Parley origin.
   const keys = await page.evaluate(() => Object.keys(localStorage));
-  assert.ok(keys.includes(`parley:${new URL(server.url).origin}:token`), keys.join(','));
+  assert.ok(keys.includes(`parley:${new URL(suite.server.url).origin}:token`), keys.join(','));
   assert.deepEqual(page.errors, []);
 });

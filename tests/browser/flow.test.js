@@ -1,58 +1,42 @@
 // The whole support flow in a real browser: a customer on the demo page, two agents
 // in the console, each in its own browser context.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { agentSend, bodies, consoleMessage, customerSend, screenshotPath, widgetMessage } from './harness.js';
 import {
-  addAgent,
-  agentJoin,
-  agentLogin,
-  agentSend,
-  bodies,
-  cleanup,
-  consoleMessage,
-  customerSend,
-  customerStart,
-  launchBrowser,
-  newPage,
-  screenshotPath,
-  startServer,
-  tempDataDir,
-  widgetMessage,
-} from './harness.js';
+  agentSendsToCustomer,
+  assertNoErrorsOrViolations,
+  consoleMessageIn,
+  convItem,
+  customerSendsToAgent,
+  openAssignedChat,
+  openConsole,
+  parleySuite,
+  waitChattingWith,
+  waitWidgetEvent,
+  waitWidgetStatus,
+  widgetMessageIn,
+} from './scenarios.js';
 
-let dir;
-let server;
-let browser;
-
-before(async () => {
-  dir = tempDataDir('flow');
-  addAgent(dir, 'bo', 'pw-bo-123');
-  addAgent(dir, 'cy', 'pw-cy-123');
-  server = await startServer({ dataDir: dir });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-  cleanup(dir);
+const suite = parleySuite({
+  tag: 'flow',
+  agents: [
+    ['bo', 'pw-bo-123'],
+    ['cy', 'pw-cy-123'],
+  ],
 });
 
 test('full flow: assign, chat both ways, typing, seen, internal note, transfer, close, rating', async () => {
-  const bo = await newPage(browser);
-  await agentLogin(bo, server.url, 'bo', 'pw-bo-123');
-  await agentJoin(bo, 'support');
+  const bo = await openConsole(suite, 'bo', 'pw-bo-123');
 
   // The customer starts a chat and is assigned to bo automatically.
-  const customer = await newPage(browser);
   const customerName = 'Ann 安 😀';
-  await customerStart(customer, server.url, { name: customerName });
-  await customer.getByTestId('widget-status').filter({ hasText: 'You are chatting with bo' }).waitFor();
-  await customer.getByTestId('widget-messages').locator('[data-kind="event"]').filter({ hasText: 'bo joined the chat' }).waitFor();
+  const customer = await openAssignedChat(suite, { name: customerName, agent: 'bo' });
+  await waitWidgetEvent(customer, 'bo joined the chat');
 
   // bo gets it in "My conversations". Pretend bo's tab is in the background: a beep/notification fires.
-  const item = bo.getByTestId('conv-item').filter({ hasText: customerName });
+  const item = convItem(bo, customerName);
   await item.waitFor();
   await bo.evaluate(() => {
     Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => 'hidden' });
@@ -83,7 +67,7 @@ test('full flow: assign, chat both ways, typing, seen, internal note, transfer, 
   await item.click();
   await consoleMessage(bo, first).waitFor();
   await item.getByTestId('conv-unread').waitFor({ state: 'detached' });
-  await mine.and(customer.locator('[data-status="seen"]')).waitFor();
+  await widgetMessageIn(customer, first, 'seen').waitFor();
   assert.equal(await mine.getByTestId('message-status').textContent(), 'Seen');
 
   // Typing, both ways.
@@ -96,10 +80,9 @@ test('full flow: assign, chat both ways, typing, seen, internal note, transfer, 
 
   // Agent -> customer; the customer has the panel open, so bo sees "Seen by customer".
   const reply = 'Sorry to hear that! Let me check the tracking for you.';
-  await agentSend(bo, reply);
-  await widgetMessage(customer, reply).waitFor();
+  await agentSendsToCustomer(bo, customer, reply);
   await customer.getByTestId('widget-typing').waitFor({ state: 'hidden' });
-  await consoleMessage(bo, reply).and(bo.locator('[data-status="seen"]')).waitFor();
+  await consoleMessageIn(bo, reply, 'seen').waitFor();
   assert.equal(await consoleMessage(bo, reply).getByTestId('message-status').textContent(), 'Seen by customer');
 
   // An internal note: shown (distinctly) to agents, never to the customer.
@@ -110,35 +93,28 @@ test('full flow: assign, chat both ways, typing, seen, internal note, transfer, 
   assert.equal(await noteEl.getAttribute('data-kind'), 'note');
   await noteEl.getByTestId('note-label').waitFor();
   const after = 'Found it: the parcel is at your local depot.';
-  await agentSend(bo, after);
-  await widgetMessage(customer, after).waitFor();
-  await customerSend(customer, 'Great, thank you! 🙏');
-  await consoleMessage(bo, 'Great, thank you! 🙏').waitFor();
+  await agentSendsToCustomer(bo, customer, after);
+  await customerSendsToAgent(customer, bo, 'Great, thank you! 🙏');
 
   // Screenshots of both pages mid-conversation.
   await customer.screenshot({ path: screenshotPath('widget.png') });
   await bo.screenshot({ path: screenshotPath('console.png') });
 
   // Transfer to cy.
-  const cy = await newPage(browser);
-  await agentLogin(cy, server.url, 'cy', 'pw-cy-123');
-  await agentJoin(cy, 'support');
+  const cy = await openConsole(suite, 'cy', 'pw-cy-123');
   await bo.locator('[data-testid="room"][data-room="support"] [data-testid="agent-item"]').filter({ hasText: 'cy' }).waitFor();
   const select = bo.getByTestId('conv-transfer-select');
   await select.locator('option', { hasText: 'Agent: cy' }).waitFor({ state: 'attached' });
   await select.selectOption({ label: 'Agent: cy' });
   await bo.getByTestId('conv-transfer').click();
-  await customer.getByTestId('widget-status').filter({ hasText: 'You are chatting with cy' }).waitFor();
-  await customer.getByTestId('widget-messages').locator('[data-kind="event"]').filter({ hasText: 'Chat transferred to cy' }).waitFor();
-  await bo.getByTestId('conv-item').filter({ hasText: customerName }).waitFor({ state: 'detached' });
-  const cyItem = cy.getByTestId('conv-item').filter({ hasText: customerName });
-  await cyItem.click();
+  await waitChattingWith(customer, 'cy');
+  await waitWidgetEvent(customer, 'Chat transferred to cy');
+  await convItem(bo, customerName).waitFor({ state: 'detached' });
+  await convItem(cy, customerName).click();
   await consoleMessage(cy, first).waitFor();
   await consoleMessage(cy, note).waitFor(); // notes travel with the conversation, for agents
-  await agentSend(cy, 'Hi, cy here. Anything else I can do?');
-  await widgetMessage(customer, 'Hi, cy here. Anything else I can do?').waitFor();
-  await customerSend(customer, 'No, that is all.');
-  await consoleMessage(cy, 'No, that is all.').waitFor();
+  await agentSendsToCustomer(cy, customer, 'Hi, cy here. Anything else I can do?');
+  await customerSendsToAgent(customer, cy, 'No, that is all.');
 
   // The customer never saw the note, live or from history.
   const widgetText = await customer.evaluate(() => document.querySelector('parley-widget').shadowRoot.textContent);
@@ -158,7 +134,7 @@ test('full flow: assign, chat both ways, typing, seen, internal note, transfer, 
   // cy closes the chat; the customer rates it.
   await cy.getByTestId('conv-close').click();
   await cy.getByTestId('conv-status').filter({ hasText: 'Closed' }).waitFor();
-  await customer.getByTestId('widget-status').filter({ hasText: 'This chat has ended' }).waitFor();
+  await waitWidgetStatus(customer, 'This chat has ended');
   await customer.getByTestId('widget-rating').waitFor();
   await customer.getByTestId('widget-input').waitFor({ state: 'hidden' });
   await customer.getByTestId('widget-star-label-4').click();
@@ -167,8 +143,5 @@ test('full flow: assign, chat both ways, typing, seen, internal note, transfer, 
   await customer.getByTestId('widget-rating-thanks').waitFor();
   await cy.getByTestId('conv-messages').locator('[data-event="rated"]').filter({ hasText: 'Rated 4 out of 5' }).waitFor();
 
-  for (const p of [customer, bo, cy]) {
-    assert.deepEqual(p.errors, [], 'no page errors');
-    assert.deepEqual(p.cspViolations, [], 'no CSP violations');
-  }
+  assertNoErrorsOrViolations([customer, bo, cy], 'no page errors', 'no CSP violations');
 });

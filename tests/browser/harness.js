@@ -149,6 +149,11 @@ export async function agentLogin(page, baseUrl, name, password) {
   await page.getByTestId('login-name').fill(name);
   await page.getByTestId('login-password').fill(password);
   await page.getByTestId('login-submit').click();
+  await waitSignedIn(page, name);
+}
+
+/** The console shows the signed-in agent (after a login or a reload). */
+export async function waitSignedIn(page, name) {
   await page.getByTestId('console').waitFor({ state: 'visible' });
   await page.getByTestId('me-name').filter({ hasText: name }).waitFor({ state: 'attached' });
 }

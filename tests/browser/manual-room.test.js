@@ -1,60 +1,38 @@
 // A room with manual assignment: customers wait in line with their live position,
 // the agent sees the queue with waiting times and accepts.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { agentJoin, consoleMessage, customerSend, widgetMessage } from './harness.js';
 import {
-  addAgent,
-  agentJoin,
-  agentLogin,
-  agentSend,
-  cleanup,
-  consoleMessage,
-  customerSend,
-  customerStart,
-  launchBrowser,
-  newPage,
-  startServer,
-  tempDataDir,
-  widgetMessage,
-} from './harness.js';
+  agentSendsToCustomer,
+  assertNoErrorsOrViolations,
+  convItem,
+  customerSendsToAgent,
+  openChat,
+  openConsole,
+  parleySuite,
+  waitWidgetStatus,
+} from './scenarios.js';
 
-let dir;
-let server;
-let browser;
-
-before(async () => {
-  dir = tempDataDir('manual');
-  addAgent(dir, 'dee', 'pw-dee-123');
-  server = await startServer({ dataDir: dir, args: ['--rooms', 'support,sales', '--manual-rooms', 'sales'] });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-  cleanup(dir);
+const suite = parleySuite({
+  tag: 'manual',
+  agents: [['dee', 'pw-dee-123']],
+  serverArgs: ['--rooms', 'support,sales', '--manual-rooms', 'sales'],
 });
 
 test('manual room: queue positions, waiting times, accept from the queue and from the view, availability', async () => {
-  const agent = await newPage(browser);
-  await agentLogin(agent, server.url, 'dee', 'pw-dee-123');
-  await agentJoin(agent, 'sales');
+  const agent = await openConsole(suite, 'dee', 'pw-dee-123', { room: 'sales' });
   const sales = agent.locator('[data-testid="room"][data-room="sales"]');
   await sales.locator('[data-testid="agent-item"][data-availability="online"]').filter({ hasText: 'dee' }).waitFor();
 
   // Three customers open chats in "sales"; nobody is assigned automatically.
   const names = ['Kai', 'Lin 林', 'Mo'];
   const customers = [];
-  for (const name of names) {
-    const p = await newPage(browser);
-    await customerStart(p, server.url, { name, room: 'sales' });
-    customers.push(p);
-  }
-  const status = (p) => p.getByTestId('widget-status');
-  await status(customers[0]).filter({ hasText: 'You are next in line' }).waitFor();
-  await status(customers[1]).filter({ hasText: 'You are number 2 in line' }).waitFor();
-  await status(customers[2]).filter({ hasText: 'You are number 3 in line' }).waitFor();
+  for (const name of names) customers.push(await openChat(suite, { name, room: 'sales' }));
+  await waitWidgetStatus(customers[0], 'You are next in line');
+  await waitWidgetStatus(customers[1], 'You are number 2 in line');
+  await waitWidgetStatus(customers[2], 'You are number 3 in line');
   await customerSend(customers[0], 'Do you ship to Norway?');
 
   // The agent sees all three waiting, oldest first, with ticking waiting times.
@@ -72,11 +50,10 @@ test('manual room: queue positions, waiting times, accept from the queue and fro
   await agent.getByTestId('conv-title').filter({ hasText: 'Kai' }).waitFor();
   await agent.getByTestId('conv-status').filter({ hasText: 'Active' }).waitFor();
   await consoleMessage(agent, 'Do you ship to Norway?').waitFor();
-  await status(customers[0]).filter({ hasText: 'You are chatting with dee' }).waitFor();
-  await status(customers[1]).filter({ hasText: 'You are next in line' }).waitFor();
-  await status(customers[2]).filter({ hasText: 'You are number 2 in line' }).waitFor();
-  await agentSend(agent, 'Yes, we do! Delivery takes about a week.');
-  await widgetMessage(customers[0], 'Yes, we do! Delivery takes about a week.').waitFor();
+  await waitWidgetStatus(customers[0], 'You are chatting with dee');
+  await waitWidgetStatus(customers[1], 'You are next in line');
+  await waitWidgetStatus(customers[2], 'You are number 2 in line');
+  await agentSendsToCustomer(agent, customers[0], 'Yes, we do! Delivery takes about a week.');
   await sales.locator('[data-testid="agent-item"]').filter({ hasText: 'dee' }).getByTestId('agent-load').filter({ hasText: /^1\// }).waitFor();
 
   // "View" a queued conversation, then accept it from the conversation view.
@@ -85,8 +62,8 @@ test('manual room: queue positions, waiting times, accept from the queue and fro
   await agent.getByTestId('conv-status').filter({ hasText: 'Queued' }).waitFor();
   await agent.getByTestId('conv-accept').click();
   await agent.getByTestId('conv-status').filter({ hasText: 'Active' }).waitFor();
-  await status(customers[1]).filter({ hasText: 'You are chatting with dee' }).waitFor();
-  await status(customers[2]).filter({ hasText: 'You are next in line' }).waitFor();
+  await waitWidgetStatus(customers[1], 'You are chatting with dee');
+  await waitWidgetStatus(customers[2], 'You are next in line');
   assert.deepEqual(await sales.getByTestId('queue-name').allTextContents(), ['Mo']);
   assert.equal(await agent.getByTestId('conv-item').count(), 2);
 
@@ -99,16 +76,15 @@ test('manual room: queue positions, waiting times, accept from the queue and fro
     .filter({ hasText: 'Chat transferred to the support team' })
     .waitFor();
   await agent.getByTestId('conv-status').filter({ hasText: '#support' }).waitFor();
-  await status(customers[1]).filter({ hasText: 'You are next in line' }).waitFor();
+  await waitWidgetStatus(customers[1], 'You are next in line');
   const support = agent.locator('[data-testid="room"][data-room="support"]');
   await support.getByTestId('queue-item').filter({ hasText: 'Lin 林' }).waitFor();
-  await agent.getByTestId('conv-item').filter({ hasText: 'Lin 林' }).waitFor({ state: 'detached' });
+  await convItem(agent, 'Lin 林').waitFor({ state: 'detached' });
   // The widget (opened for "sales") follows its conversation into "support", also after a reload.
-  await customerSend(customers[1], 'still here after the transfer');
-  await consoleMessage(agent, 'still here after the transfer').waitFor();
+  await customerSendsToAgent(customers[1], agent, 'still here after the transfer');
   await customers[1].reload();
   await widgetMessage(customers[1], 'still here after the transfer').waitFor();
-  await status(customers[1]).filter({ hasText: 'You are next in line' }).waitFor();
+  await waitWidgetStatus(customers[1], 'You are next in line');
 
   // Availability: away, and back online; the presence list follows.
   await agent.getByTestId('availability-toggle').click();
@@ -128,8 +104,5 @@ test('manual room: queue positions, waiting times, accept from the queue and fro
   await agent.getByTestId('room-join-submit').click();
   await agent.getByTestId('room-join-error').filter({ hasText: 'No such room.' }).waitFor();
 
-  for (const p of [agent, ...customers]) {
-    assert.deepEqual(p.errors, []);
-    assert.deepEqual(p.cspViolations, []);
-  }
+  assertNoErrorsOrViolations([agent, ...customers]);
 });

@@ -2,45 +2,21 @@
 // rate-limit notice. The server runs with a small body limit and a tight rate
 // limit so both are easy to reach.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  addAgent,
-  agentJoin,
-  agentLogin,
-  bodies,
-  cleanup,
-  customerSend,
-  customerStart,
-  launchBrowser,
-  newPage,
-  screenshotPath,
-  startServer,
-  tempDataDir,
-  widgetMessage,
-} from './harness.js';
+import { bodies, customerSend, newPage, screenshotPath, widgetMessage } from './harness.js';
+import { convItem, openChat, openConsole, parleySuite, waitWidgetStatus, widgetMessageIn } from './scenarios.js';
 
 const PHONE = { width: 375, height: 740 };
-let dir;
-let server;
-let browser;
-
-before(async () => {
-  dir = tempDataDir('ux');
-  addAgent(dir, 'gus', 'pw-gus-123');
-  server = await startServer({ dataDir: dir, args: ['--max-body-chars', '20', '--rate-per-sec', '1', '--rate-burst', '3'] });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-  cleanup(dir);
+const suite = parleySuite({
+  tag: 'ux',
+  agents: [['gus', 'pw-gus-123']],
+  serverArgs: ['--max-body-chars', '20', '--rate-per-sec', '1', '--rate-burst', '3'],
 });
 
 test('widget in Chinese at 375 px: full-screen panel, counter in Unicode scalar values, Shift+Enter', async () => {
-  const page = await newPage(browser, { locale: 'zh-CN', viewport: PHONE });
-  await page.goto(`${server.url}/`);
+  const page = await newPage(suite.browser, { locale: 'zh-CN', viewport: PHONE });
+  await page.goto(`${suite.server.url}/`);
   const bubble = page.getByTestId('widget-bubble');
   assert.equal(await bubble.getAttribute('aria-label'), '联系客服');
   await bubble.click();
@@ -50,7 +26,7 @@ test('widget in Chinese at 375 px: full-screen panel, counter in Unicode scalar 
   assert.equal(await page.getByTestId('widget-start').textContent(), '开始聊天');
   await page.getByTestId('widget-name-input').fill('小王 🐼');
   await page.getByTestId('widget-start').press('Enter');
-  await page.getByTestId('widget-status').filter({ hasText: '下一位就是您' }).waitFor();
+  await waitWidgetStatus(page, '下一位就是您');
 
   // The counter shows near the limit and counts emoji and CJK as one each.
   const input = page.getByTestId('widget-input');
@@ -68,7 +44,7 @@ test('widget in Chinese at 375 px: full-screen panel, counter in Unicode scalar 
   // Exactly at the limit is fine (20 emoji = 40 UTF-16 units).
   await input.fill('😀'.repeat(20));
   await input.press('Enter');
-  await widgetMessage(page, '😀'.repeat(20)).and(page.locator('[data-status="sent"]')).waitFor();
+  await widgetMessageIn(page, '😀'.repeat(20), 'sent').waitFor();
 
   // Shift+Enter is a new line, Enter sends.
   await input.fill('第一行');
@@ -82,15 +58,14 @@ test('widget in Chinese at 375 px: full-screen panel, counter in Unicode scalar 
 });
 
 test('rate limited: a clear notice, the text stays queued and is sent once, in order', async () => {
-  const page = await newPage(browser);
-  await customerStart(page, server.url, { name: 'Hal' });
+  const page = await openChat(suite, { name: 'Hal' });
   const texts = ['one', 'two', 'three', 'four', 'five', 'six', 'seven'];
   for (const t of texts) await customerSend(page, t);
   await page.getByTestId('widget-notice').filter({ hasText: 'slowing down' }).waitFor();
   // Still pending, not dropped.
   await widgetMessage(page, 'seven').waitFor();
   for (const t of texts) {
-    await widgetMessage(page, t).and(page.locator('[data-status="sent"]')).waitFor({ timeout: 30_000 });
+    await widgetMessageIn(page, t, 'sent').waitFor({ timeout: 30_000 });
   }
   assert.deepEqual(await bodies(page, 'widget-messages'), texts);
   await page.getByTestId('widget-notice').waitFor({ state: 'hidden', timeout: 15_000 });
@@ -102,10 +77,8 @@ test('rate limited: a clear notice, the text stays queued and is sent once, in o
 });
 
 test('console at 375 px: list, conversation full screen, back', async () => {
-  const page = await newPage(browser, { viewport: PHONE });
-  await agentLogin(page, server.url, 'gus', 'pw-gus-123');
-  await agentJoin(page, 'support');
-  const item = page.getByTestId('conv-item').filter({ hasText: '小王 🐼' });
+  const page = await openConsole(suite, 'gus', 'pw-gus-123', { page: { viewport: PHONE } });
+  const item = convItem(page, '小王 🐼');
   await item.click();
   const view = page.getByTestId('conv-view');
   await view.waitFor({ state: 'visible' });

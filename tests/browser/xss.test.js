@@ -3,23 +3,10 @@
 // CSP bypassed here, so that only the rendering (textContent, never innerHTML)
 // stands between a payload and script execution.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  addAgent,
-  agentJoin,
-  agentLogin,
-  agentSend,
-  cleanup,
-  consoleMessage,
-  customerSend,
-  customerStart,
-  launchBrowser,
-  newPage,
-  startServer,
-  tempDataDir,
-  widgetMessage,
-} from './harness.js';
+import { agentSend, consoleMessage, customerSend, newPage, widgetMessage } from './harness.js';
+import { openAssignedChat, openConsole, parleySuite, waitWidgetEvent } from './scenarios.js';
 
 const PAYLOADS = [
   `<img src=x onerror="window.__xss='img'">`,
@@ -50,22 +37,12 @@ const INJECTED = [
   'body style',
 ].join(', ');
 
-let dir;
-let server;
-let browser;
-
-before(async () => {
-  dir = tempDataDir('xss');
-  addAgent(dir, AGENT_NAME, 'pw-xss-123');
-  addAgent(dir, 'plain', 'pw-plain-123');
-  server = await startServer({ dataDir: dir });
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.stop();
-  cleanup(dir);
+const suite = parleySuite({
+  tag: 'xss',
+  agents: [
+    [AGENT_NAME, 'pw-xss-123'],
+    ['plain', 'pw-plain-123'],
+  ],
 });
 
 async function assertClean(page, label) {
@@ -75,19 +52,14 @@ async function assertClean(page, label) {
 }
 
 test('XSS payloads as names and messages show as plain text and run nothing', async () => {
-  const agent = await newPage(browser, { bypassCSP: true });
-  await agentLogin(agent, server.url, AGENT_NAME, 'pw-xss-123');
-  await agentJoin(agent, 'support');
+  const agent = await openConsole(suite, AGENT_NAME, 'pw-xss-123', { page: { bypassCSP: true } });
 
   const customers = [];
   for (const name of CUSTOMER_NAMES) {
-    const p = await newPage(browser, { bypassCSP: true });
-    await customerStart(p, server.url, { name });
-    await p.getByTestId('widget-status').filter({ hasText: `You are chatting with ${AGENT_NAME}` }).waitFor();
-    customers.push(p);
+    customers.push(await openAssignedChat(suite, { name, agent: AGENT_NAME, page: { bypassCSP: true } }));
   }
   const [customer] = customers;
-  await customer.getByTestId('widget-messages').locator('[data-kind="event"]').filter({ hasText: `${AGENT_NAME} joined the chat` }).waitFor();
+  await waitWidgetEvent(customer, `${AGENT_NAME} joined the chat`);
 
   // Names in the console: conversation list items.
   for (const name of CUSTOMER_NAMES) {
@@ -116,9 +88,7 @@ test('XSS payloads as names and messages show as plain text and run nothing', as
     .waitFor();
 
   // A second agent sees the first one's name in the room's agent list.
-  const plain = await newPage(browser, { bypassCSP: true });
-  await agentLogin(plain, server.url, 'plain', 'pw-plain-123');
-  await agentJoin(plain, 'support');
+  const plain = await openConsole(suite, 'plain', 'pw-plain-123', { page: { bypassCSP: true } });
   await plain.locator('[data-testid="room"][data-room="support"] [data-testid="agent-item"] .agent-name').getByText(AGENT_NAME).waitFor();
 
   // Let any deferred handler (onerror of a broken image, onload, ontoggle) have its chance.
@@ -130,18 +100,18 @@ test('XSS payloads as names and messages show as plain text and run nothing', as
 
 test('pages are served with the CSP from DEV-CONTRACT.md and load without violations', async () => {
   for (const path of ['/', '/agent', '/widget.js']) {
-    const res = await fetch(`${server.url}${path}`);
+    const res = await fetch(`${suite.server.url}${path}`);
     assert.equal(res.status, 200, path);
     const csp = res.headers.get('content-security-policy') || '';
     assert.match(csp, /script-src 'self'/, `${path} CSP`);
     assert.match(csp, /style-src 'self'/, `${path} CSP`);
   }
-  const page = await newPage(browser);
-  await page.goto(`${server.url}/`);
+  const page = await newPage(suite.browser);
+  await page.goto(`${suite.server.url}/`);
   await page.getByTestId('widget-bubble').click();
   await page.getByTestId('widget-name-input').waitFor();
-  const agent = await newPage(browser);
-  await agent.goto(`${server.url}/agent`);
+  const agent = await newPage(suite.browser);
+  await agent.goto(`${suite.server.url}/agent`);
   await agent.getByTestId('login-form').waitFor();
   await page.waitForTimeout(300);
   assert.deepEqual(page.cspViolations, []);
