@@ -142,7 +142,8 @@ const PASSWORD_THREADS: usize = 2;
 type PasswordJob = (String, String, tokio::sync::oneshot::Sender<bool>);
 
 /// Checks a password on the password threads, without blocking the caller.
-pub async fn check_password(pw: String, hash: String) -> bool {
+/// `None` when too many checks are already waiting (answer "busy", not "wrong").
+pub async fn check_password(pw: String, hash: String) -> Option<bool> {
     static POOL: std::sync::OnceLock<std::sync::mpsc::SyncSender<PasswordJob>> = std::sync::OnceLock::new();
     let tx = POOL.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<PasswordJob>(1024);
@@ -163,9 +164,9 @@ pub async fn check_password(pw: String, hash: String) -> bool {
     });
     let (reply, rx) = tokio::sync::oneshot::channel();
     if tx.try_send((pw, hash, reply)).is_err() {
-        return false; // overloaded: refuse rather than queue without bound
+        return None; // overloaded: refuse rather than queue without bound
     }
-    rx.await.unwrap_or(false)
+    rx.await.ok()
 }
 
 /// A hash to verify against when the name is unknown, so that a wrong name

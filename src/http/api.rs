@@ -57,7 +57,9 @@ pub async fn login(app: web::Data<AppState>, body: web::Json<Login>) -> Result<H
     let row = app.store.agent_by_name(&name).await?;
     let hash = row.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_string());
     // Argon2 takes tens of milliseconds of CPU: keep it off the worker thread.
-    let ok = check_password(password, hash).await;
+    let ok = check_password(password, hash)
+        .await
+        .ok_or_else(|| ApiError::unavailable("too many logins at once, retry in a moment"))?;
     match row {
         Some(a) if ok => {
             let token = app.signer.issue(&a.id, Role::Agent, &a.name, app.cfg.agent_token_ttl_secs);
