@@ -55,13 +55,7 @@ async fn serve(
     });
     let state = AppState { cfg: cfg.clone(), server: server.clone(), store, signer };
     if let Some((addr, explicit)) = &cfg.tcp_listen {
-        let deps = crate::session::core::SessionDeps {
-            cfg: cfg.clone(),
-            server: server.clone(),
-            store: state.store.clone(),
-            signer: state.signer.clone(),
-        };
-        match crate::session::tcp::listen(addr, deps) {
+        match crate::session::tcp::listen(addr, state.clone()) {
             Ok(a) => println!("listening tcp={a}"),
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::AddrInUse => {
                 log::warn!("TCP gateway off: {addr} is in use (give --tcp-listen to choose another address)")

@@ -6,23 +6,11 @@ pub mod metrics;
 pub mod pages;
 pub mod ws;
 
-use crate::auth::Signer;
-use crate::chat::ChatServer;
-use crate::config::Config;
 use crate::error::ApiError;
-use crate::store::Store;
-use actix::Addr;
 use actix_web::web;
-use std::sync::Arc;
 
-/// The node's handles, shared by every HTTP worker.
-#[derive(Clone)]
-pub struct AppState {
-    pub cfg: Arc<Config>,
-    pub server: Addr<ChatServer>,
-    pub store: Arc<dyn Store>,
-    pub signer: Arc<Signer>,
-}
+/// The node's handles, shared by every HTTP worker and every session.
+pub type AppState = crate::session::core::SessionDeps;
 
 /// Largest JSON body of an HTTP request, in bytes.
 const MAX_JSON_BYTES: usize = 256 * 1024;

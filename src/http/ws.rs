@@ -3,7 +3,6 @@
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::session::core::SessionDeps;
 use crate::session::ws::WsSession;
 use crate::session::{JamGuarded, JamSwitch};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -42,13 +41,7 @@ pub async fn upgrade(
     super::metrics::counters().ws_connections.inc();
     let socket = req.conn_data::<ConnSocket>().map(|c| (c.fd, c.peer));
     let jam = JamSwitch::new(socket);
-    let deps = SessionDeps {
-        cfg: app.cfg.clone(),
-        server: app.server.clone(),
-        store: app.store.clone(),
-        signer: app.signer.clone(),
-    };
-    let session = WsSession::new(deps, jam.clone());
+    let session = WsSession::new(app.get_ref().clone(), jam.clone());
     let codec = actix_http::ws::Codec::new().max_size(app.cfg.max_frame_bytes);
     let body = ws::WebsocketContext::with_codec(session, stream, codec);
     Ok(res.streaming(JamGuarded::new(body, jam)))
