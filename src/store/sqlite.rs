@@ -374,6 +374,19 @@ impl Store for SqliteStore {
 
     fn conversations(&self, f: ConvFilter) -> StoreFuture<Vec<ConvRow>> {
         self.read(move |c| {
+            // A customer's conversations (every returning hello): a dedicated
+            // statement, because the optional filters below (`?3 IS NULL OR
+            // customer_id = ?3`) keep SQLite from using the customer index.
+            if let Some(customer) = &f.customer_id {
+                return c
+                    .prepare_cached(&format!(
+                        "SELECT {CONV_COLS} FROM conversations WHERE customer_id = ?1
+                         AND (?2 IS NULL OR room = ?2) AND (?3 IS NULL OR status = ?3)
+                         ORDER BY created_at DESC LIMIT ?4"
+                    ))?
+                    .query_map(params![customer, f.room, f.status.map(|s| s.as_str()), f.limit as i64], conv_from_row)?
+                    .collect();
+            }
             c.prepare_cached(&format!(
                 "SELECT {CONV_COLS} FROM conversations WHERE (?1 IS NULL OR room = ?1)
                  AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR customer_id = ?3)
