@@ -125,3 +125,43 @@ async fn http_posted_message_and_conversation_state_survive_kill_9() {
         "conversation lost: active {active:?} queued {queued:?}"
     );
 }
+
+/// After a restart, each agent holding conversations gets their own grace
+/// period: one agent coming back must not keep another's conversations from
+/// returning to the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_restart_an_absent_agents_conversations_return_to_the_queue() {
+    let dir = data_dir();
+    add_agent(dir.path(), "amy", "pw-amy-1", 1);
+    add_agent(dir.path(), "ben", "pw-ben-1", 1);
+    let mut srv = Server::start_in(&dir, &[]);
+    let amy = Client::agent_in(&srv, "amy", "pw-amy-1", "support").await;
+    let ben = Client::agent_in(&srv, "ben", "pw-ben-1", "support").await;
+    let mut c1 = Client::customer(&srv, "One").await;
+    let mut c2 = Client::customer(&srv, "Two").await;
+    let conv1 = c1.open_assigned("support").await;
+    let conv2 = c2.open_assigned("support").await;
+    let amys = if conv1["agent"]["name"] == "amy" { conv1.clone() } else { conv2.clone() };
+    let bens = if conv1["agent"]["name"] == "ben" { conv1.clone() } else { conv2.clone() };
+    assert_eq!(amys["agent"]["name"], "amy", "{conv1} {conv2}");
+    assert_eq!(bens["agent"]["name"], "ben", "{conv1} {conv2}");
+    srv.kill9();
+    drop((amy, ben, c1, c2));
+
+    let srv = Server::start_in(&dir, &["--agent-grace-ms", "1500"]);
+    let token = login(&srv, "amy", "pw-amy-1").await;
+    let _amy = Client::agent_in(&srv, "amy", "pw-amy-1", "support").await;
+    // Ben never comes back: after the grace period his conversation waits again
+    // (amy is at capacity with her own).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    loop {
+        let queued = list_conversations(&srv, &token, "support", "queued").await;
+        if queued.iter().any(|c| c["id"] == bens["id"]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "ben's conversation never returned to the queue: {queued:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let active = list_conversations(&srv, &token, "support", "active").await;
+    assert!(active.iter().any(|c| c["id"] == amys["id"] && c["agent"]["name"] == "amy"), "{active:?}");
+}

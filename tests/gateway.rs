@@ -209,15 +209,7 @@ impl Gw {
 
     /// Send with a `ref` (added if missing) and return the frame carrying it.
     async fn request(&mut self, mut v: Value) -> Value {
-        let r = match v["ref"].as_str() {
-            Some(r) => r.to_string(),
-            None => {
-                self.next_ref += 1;
-                let r = format!("g{}", self.next_ref);
-                v["ref"] = json!(r);
-                r
-            }
-        };
+        let r = common::ensure_ref(&mut v, &mut self.next_ref, "g");
         self.send(&v).await;
         let what = format!("reply to {v}");
         self.recv_until(&what, |f| f["ref"] == r.as_str()).await

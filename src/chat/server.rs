@@ -532,7 +532,7 @@ impl ChatServer {
 
     // ------------------------------------------------------------ completions
 
-    fn complete(&mut self, c: Completion, ctx: &mut Context<Self>) {
+    fn complete(&mut self, c: Completion) {
         let Some(p) = self.pending.remove(&c.token) else { return };
         match (p, c.result) {
             (Pending::Open { reply, conv }, Ok(_)) => {
@@ -664,7 +664,6 @@ impl ChatServer {
             }
             (Pending::Read { .. }, Err(e)) => log::warn!("read marker not stored: {e}"),
         }
-        let _ = ctx;
     }
 
     /// Fans a committed message out to its conversation's audience: one
@@ -1365,10 +1364,9 @@ impl Actor for ChatServer {
             .map(|(id, _)| id.clone())
             .collect();
         for id in waiting {
-            let handle = ctx.run_later(grace, move |act, ctx| act.grace_expired(&id, ctx));
-            if let Some(a) =
-                self.agents.values_mut().find(|a| a.grace.is_none() && a.sessions.is_empty() && !a.active.is_empty())
-            {
+            let key = id.clone();
+            let handle = ctx.run_later(grace, move |act, ctx| act.grace_expired(&key, ctx));
+            if let Some(a) = self.agents.get_mut(&id) {
                 a.grace = Some(handle);
             }
         }
@@ -1379,7 +1377,7 @@ impl Actor for ChatServer {
 impl StreamHandler<Vec<Completion>> for ChatServer {
     fn handle(&mut self, batch: Vec<Completion>, ctx: &mut Context<Self>) {
         for c in batch {
-            self.complete(c, ctx);
+            self.complete(c);
         }
         self.finish(ctx);
     }

@@ -290,6 +290,17 @@ impl Drop for Client {
     }
 }
 
+/// The request's `ref`, adding `PREFIX<n>` when it has none.
+pub fn ensure_ref(v: &mut Value, next: &mut u64, prefix: &str) -> String {
+    if let Some(r) = v["ref"].as_str() {
+        return r.to_string();
+    }
+    *next += 1;
+    let r = format!("{prefix}{next}");
+    v["ref"] = json!(r);
+    r
+}
+
 pub fn is_type(v: &Value, t: &str) -> bool {
     v["type"] == t
 }
@@ -564,15 +575,7 @@ impl Client {
     /// Send a request (adding a `ref` if it has none) and return the frame
     /// carrying that `ref` (the reply or an error).
     pub async fn request(&mut self, mut v: Value) -> Value {
-        let r = match v["ref"].as_str() {
-            Some(r) => r.to_string(),
-            None => {
-                self.next_ref += 1;
-                let r = format!("r{}", self.next_ref);
-                v["ref"] = json!(r);
-                r
-            }
-        };
+        let r = ensure_ref(&mut v, &mut self.next_ref, "r");
         self.send_json(&v).await;
         let what = format!("reply to {v}");
         self.recv_until(&what, |f| f["ref"] == r.as_str()).await
