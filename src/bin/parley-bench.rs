@@ -5,8 +5,14 @@
 //!
 //! Modes: `idle`, `conversations`, `agent-load`, `storm`, `sweep`. Each prints a
 //! progress line every second on stderr and ends with one JSON line on stdout.
+//!
+//! `--target relay` and `--target socketio` run `idle`, `conversations` and
+//! `sweep` against the comparison points of `scripts/bench` instead: the floor
+//! relay (`bench/floor-relay.rs`) and a Socket.IO 4 room relay
+//! (`bench/socketio-relay.js`). A conversation is then a room of two members;
+//! with no acks there, a message is lost when it was sent and never arrived.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -42,8 +48,31 @@ struct Cli {
     /// (each address gives about 28,000 ports).
     #[arg(long, global = true, default_value_t = 1)]
     sources: u8,
+    /// What the server is: Parley, or one of the comparison relays.
+    #[arg(long, global = true, value_enum, default_value_t = Target::Parley)]
+    target: Target,
     #[command(subcommand)]
     mode: Mode,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// A Parley server: protocol v1, acks, storage.
+    Parley,
+    /// The floor relay of bench/floor-relay.rs: `/ws?room=NAME`, frames copied to the room.
+    Relay,
+    /// A Socket.IO 4 server relaying `msg` events within the room of `?room=NAME`.
+    Socketio,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Parley => "parley",
+            Target::Relay => "relay",
+            Target::Socketio => "socketio",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +114,9 @@ enum Mode {
         rates: Vec<u64>,
         #[arg(long, default_value = "docs/bench-sweep.md")]
         out: String,
+        /// Stop rising once a rate's p99 passes this (the server is saturated), ms.
+        #[arg(long, default_value_t = 1000.0)]
+        stop_p99_ms: f64,
     },
 }
 
@@ -134,8 +166,18 @@ fn fail(msg: &str) -> ! {
 }
 
 async fn run(cli: Cli) -> Result<Value, String> {
-    let ctx = Ctx { server: cli.server, pid: cli.pid, sources: cli.sources.max(1), next: RefCell::new(0) };
+    let ctx = Ctx {
+        server: cli.server,
+        pid: cli.pid,
+        sources: cli.sources.max(1),
+        target: cli.target,
+        next: RefCell::new(0),
+        tokens: RefCell::default(),
+    };
     check_reachable(&ctx).await?;
+    if ctx.target != Target::Parley && matches!(cli.mode, Mode::AgentLoad { .. } | Mode::Storm { .. }) {
+        return Err("agent-load and storm need Parley (--target parley): the relays have no agents or resume".into());
+    }
     match cli.mode {
         Mode::Idle { connections, hold } => idle(&ctx, connections, hold).await,
         Mode::Conversations(a) => conversations(&ctx, &a).await,
@@ -143,7 +185,7 @@ async fn run(cli: Cli) -> Result<Value, String> {
             agent_load(&ctx, customers, each, duration, &agents).await
         }
         Mode::Storm { customers, agents } => storm(&ctx, customers, &agents).await,
-        Mode::Sweep { conv, rates, out } => sweep(&ctx, &conv, &rates, &out).await,
+        Mode::Sweep { conv, rates, out, stop_p99_ms } => sweep(&ctx, &conv, &rates, &out, stop_p99_ms).await,
     }
 }
 
@@ -151,7 +193,10 @@ struct Ctx {
     server: SocketAddr,
     pid: Option<u32>,
     sources: u8,
+    target: Target,
     next: RefCell<usize>,
+    /// Agent tokens by account name: each account logs in once per run.
+    tokens: RefCell<HashMap<String, String>>,
 }
 
 async fn check_reachable(ctx: &Ctx) -> Result<(), String> {
@@ -164,7 +209,12 @@ async fn check_reachable(ctx: &Ctx) -> Result<(), String> {
 
 // ---------------------------------------------------------------- connections
 
+/// A Parley WebSocket connection.
 async fn connect(ctx: &Ctx) -> Result<(Tx, Rx), String> {
+    connect_path(ctx, "/ws").await
+}
+
+async fn connect_path(ctx: &Ctx, path: &str) -> Result<(Tx, Rx), String> {
     let n = {
         let mut next = ctx.next.borrow_mut();
         *next += 1;
@@ -177,7 +227,7 @@ async fn connect(ctx: &Ctx) -> Result<(Tx, Rx), String> {
     }
     let stream = sock.connect(ctx.server).await.map_err(|e| format!("connect {}: {e}", ctx.server))?;
     let _ = stream.set_nodelay(true);
-    let url = format!("ws://{}/ws", ctx.server);
+    let url = format!("ws://{}{path}", ctx.server);
     let (ws, _) =
         tokio_tungstenite::client_async(url, stream).await.map_err(|e| format!("websocket handshake: {e}"))?;
     Ok(ws.split())
@@ -219,6 +269,37 @@ async fn until(rx: &mut Rx, what: &str, pred: impl Fn(&Value) -> bool) -> Result
     tokio::time::timeout(REPLY_TIMEOUT, wait).await.map_err(|_| format!("no {what} from the server in 30 s"))?
 }
 
+/// A member of room `room` on a comparison relay, ready to send.
+async fn member(ctx: &Ctx, room: &str) -> Result<(Tx, Rx), String> {
+    match ctx.target {
+        Target::Parley => Err("a room member needs a relay target".into()),
+        Target::Relay => connect_path(ctx, &format!("/ws?room={room}")).await,
+        Target::Socketio => {
+            let (mut tx, mut rx) =
+                connect_path(ctx, &format!("/socket.io/?EIO=4&transport=websocket&room={room}")).await?;
+            // Engine.IO open packet, then a Socket.IO connect to the main namespace.
+            next_text(&mut rx, |t| t.starts_with('0')).await?;
+            tx.send(Message::Text("40".into())).await.map_err(|e| format!("send: {e}"))?;
+            next_text(&mut rx, |t| t.starts_with("40")).await?;
+            Ok((tx, rx))
+        }
+    }
+}
+
+async fn next_text(rx: &mut Rx, pred: impl Fn(&str) -> bool) -> Result<String, String> {
+    let wait = async {
+        while let Some(m) = rx.next().await {
+            match m {
+                Ok(Message::Text(t)) if pred(&t) => return Ok(t),
+                Ok(_) => continue,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Err("connection ended during the handshake".to_string())
+    };
+    tokio::time::timeout(REPLY_TIMEOUT, wait).await.map_err(|_| "no handshake reply in 30 s".to_string())?
+}
+
 struct Customer {
     tx: Tx,
     rx: Rx,
@@ -241,6 +322,9 @@ async fn customer(ctx: &Ctx, name: &str) -> Result<Customer, String> {
 }
 
 async fn login(ctx: &Ctx, name: &str, password: &str) -> Result<String, String> {
+    if let Some(t) = ctx.tokens.borrow().get(name) {
+        return Ok(t.clone());
+    }
     let url = format!("http://{}/api/login", ctx.server);
     let res = reqwest::Client::new()
         .post(url)
@@ -253,7 +337,10 @@ async fn login(ctx: &Ctx, name: &str, password: &str) -> Result<String, String> 
     let text = res.text().await.map_err(|e| format!("login {name}: {e}"))?;
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     match v["token"].as_str() {
-        Some(t) if status.is_success() => Ok(t.to_string()),
+        Some(t) if status.is_success() => {
+            ctx.tokens.borrow_mut().insert(name.to_string(), t.to_string());
+            Ok(t.to_string())
+        }
         _ => Err(format!(
             "login {name} refused ({status}); create the bench accounts first: \
              parley agent add {name} --password PW --max-active N"
@@ -319,7 +406,10 @@ async fn idle(ctx: &Ctx, n: usize, hold: u64) -> Result<Value, String> {
     let mut held = Vec::with_capacity(n);
     let mut last = Instant::now();
     for i in 0..n {
-        held.push(customer(ctx, &format!("idle{i}")).await?);
+        held.push(match ctx.target {
+            Target::Parley => customer(ctx, &format!("idle{i}")).await.map(|c| (c.tx, c.rx))?,
+            _ => member(ctx, &format!("idle{i}")).await?,
+        });
         if last.elapsed() > Duration::from_secs(1) {
             eprintln!("idle: {} of {n} connected", i + 1);
             last = Instant::now();
@@ -328,11 +418,14 @@ async fn idle(ctx: &Ctx, n: usize, hold: u64) -> Result<Value, String> {
     let connect_secs = started.elapsed().as_secs_f64();
     // Keep reading (and so answering pings) while holding.
     let mut readers = Vec::new();
-    for c in held.drain(..) {
+    for (mut tx, mut rx) in held.drain(..) {
         readers.push(tokio::task::spawn_local(async move {
-            let Customer { tx, mut rx, .. } = c;
-            let _keep = tx;
-            while let Some(Ok(_)) = rx.next().await {}
+            while let Some(Ok(m)) = rx.next().await {
+                // An Engine.IO ping; tungstenite answers WebSocket pings itself.
+                if matches!(&m, Message::Text(t) if t == "2") && tx.send(Message::Text("3".into())).await.is_err() {
+                    break;
+                }
+            }
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -353,7 +446,7 @@ async fn idle(ctx: &Ctx, n: usize, hold: u64) -> Result<Value, String> {
     };
     eprintln!("idle: {n} connections, {per_conn:?} KiB each, server CPU {idle_cpu:?} % while idle");
     Ok(json!({
-        "ok": true, "mode": "idle", "connections": n, "connect_secs": round3(connect_secs),
+        "ok": true, "mode": "idle", "target": ctx.target.name(), "connections": n, "connect_secs": round3(connect_secs),
         "server_rss_kib_before": rss0, "server_rss_kib_after": rss1,
         "rss_kib_per_connection": per_conn, "server_idle_cpu_percent": idle_cpu,
     }))
@@ -395,6 +488,7 @@ impl Load {
 
 /// What one side of a conversation does.
 struct SidePlan {
+    target: Target,
     conv: String,
     tag: &'static str,
     per_sec: f64,
@@ -403,48 +497,31 @@ struct SidePlan {
 }
 
 /// One side of a conversation: sends at `per_sec` for `secs` (the send time
-/// in the body), records acks, and records every text `message` from the other
-/// side: end-to-end latency, duplicates and order by `seq`.
-async fn side(mut tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
+/// in the body), records acks, and records every text message from the other
+/// side: end-to-end latency, duplicates and order (by Parley's `seq`, or on a
+/// relay by the sender's counter carried in the body).
+async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
+    let tx = Rc::new(tokio::sync::Mutex::new(tx));
     let pending: Rc<RefCell<HashMap<String, u64>>> = Rc::new(RefCell::new(HashMap::new()));
     let reader = {
-        let (load, pending) = (load.clone(), pending.clone());
+        let (load, pending, tx, target) = (load.clone(), pending.clone(), tx.clone(), plan.target);
         tokio::task::spawn_local(async move {
             // Highest seq seen per conversation (an agent side may hold many).
             let mut last_seq: HashMap<String, u64> = HashMap::new();
             while let Some(Ok(m)) = rx.next().await {
                 let Message::Text(t) = m else { continue };
-                let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
-                let mut l = load.borrow_mut();
-                match v["type"].as_str() {
-                    Some("ack") => {
-                        let id = v["client_id"].as_str().unwrap_or_default();
-                        if let Some(t0) = pending.borrow_mut().remove(id) {
-                            let now = l.micros();
-                            let _ = l.ack.record(now.saturating_sub(t0).max(1));
-                            l.acked += 1;
+                match target {
+                    Target::Parley => on_parley_frame(&t, &mut load.borrow_mut(), &pending, &mut last_seq),
+                    Target::Relay => on_relay_body(&t, &mut load.borrow_mut(), &mut last_seq),
+                    Target::Socketio if t == "2" => {
+                        let _ = tx.lock().await.send(Message::Text("3".into())).await;
+                    }
+                    Target::Socketio => {
+                        if let Some(Ok((_, body))) = t.strip_prefix("42").map(serde_json::from_str::<(String, String)>)
+                        {
+                            on_relay_body(&body, &mut load.borrow_mut(), &mut last_seq);
                         }
                     }
-                    Some("message") if v["message"]["kind"] == "text" => {
-                        let seq = v["message"]["seq"].as_u64().unwrap_or(0);
-                        let conv = v["message"]["conversation"].as_str().unwrap_or_default();
-                        let last = last_seq.entry(conv.to_string()).or_insert(0);
-                        if seq == *last {
-                            l.duplicated += 1;
-                            continue;
-                        } else if seq < *last {
-                            l.out_of_order += 1;
-                        }
-                        *last = (*last).max(seq);
-                        let body = v["message"]["body"].as_str().unwrap_or_default();
-                        if let Some(t0) = body.split(':').nth(1).and_then(|s| s.parse::<u64>().ok()) {
-                            let now = l.micros();
-                            let _ = l.e2e.record(now.saturating_sub(t0).max(1));
-                            l.delivered += 1;
-                        }
-                    }
-                    Some("error") => l.errors += 1,
-                    _ => {}
                 }
             }
         })
@@ -457,18 +534,29 @@ async fn side(mut tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let end = Instant::now() + Duration::from_secs(plan.secs);
         let mut n = 0u64;
+        // Client ids are unique per sender for good: an agent account sends again in the next run.
+        let nonce = rand::random::<u64>();
         while Instant::now() < end {
             tick.tick().await;
             n += 1;
             let t0 = load.borrow().micros();
-            let cid = format!("{}{n}", plan.tag);
-            let mut body = format!("t:{t0}:");
+            let mut body = match plan.target {
+                Target::Parley => format!("t:{t0}:"),
+                _ => format!("t:{t0}:{n}:"),
+            };
             while body.len() < plan.body_bytes {
                 body.push('x');
             }
-            pending.borrow_mut().insert(cid.clone(), t0);
-            let frame = json!({"type": "send", "conversation": plan.conv, "client_id": cid, "body": body});
-            if tx.send(Message::Text(frame.to_string())).await.is_err() {
+            let frame = match plan.target {
+                Target::Parley => {
+                    let cid = format!("{}{nonce}-{n}", plan.tag);
+                    pending.borrow_mut().insert(cid.clone(), t0);
+                    json!({"type": "send", "conversation": plan.conv, "client_id": cid, "body": body}).to_string()
+                }
+                Target::Relay => body,
+                Target::Socketio => format!("42[\"msg\",\"{body}\"]"),
+            };
+            if tx.lock().await.send(Message::Text(frame)).await.is_err() {
                 load.borrow_mut().errors += 1;
                 break;
             }
@@ -481,11 +569,62 @@ async fn side(mut tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
     }
     tokio::time::sleep(DRAIN).await;
     reader.abort();
+    let mut tx = tx.lock().await;
     // The customer closes, so the next run starts with an empty queue and free agents.
-    if plan.tag == "c" && !plan.conv.is_empty() {
+    if plan.target == Target::Parley && plan.tag == "c" && !plan.conv.is_empty() {
         let _ = tx.send(Message::Text(json!({"type": "close", "conversation": plan.conv}).to_string())).await;
     }
     let _ = tx.close().await;
+}
+
+/// A frame from Parley: an ack of ours, or a message from the other side.
+fn on_parley_frame(
+    t: &str,
+    l: &mut Load,
+    pending: &RefCell<HashMap<String, u64>>,
+    last_seq: &mut HashMap<String, u64>,
+) {
+    let Ok(v) = serde_json::from_str::<Value>(t) else { return };
+    match v["type"].as_str() {
+        Some("ack") => {
+            let id = v["client_id"].as_str().unwrap_or_default();
+            if let Some(t0) = pending.borrow_mut().remove(id) {
+                let now = l.micros();
+                let _ = l.ack.record(now.saturating_sub(t0).max(1));
+                l.acked += 1;
+            }
+        }
+        Some("message") if v["message"]["kind"] == "text" => {
+            let seq = v["message"]["seq"].as_u64().unwrap_or(0);
+            let conv = v["message"]["conversation"].as_str().unwrap_or_default();
+            let body = v["message"]["body"].as_str().unwrap_or_default();
+            on_delivery(l, last_seq.entry(conv.to_string()).or_insert(0), seq, body);
+        }
+        Some("error") => l.errors += 1,
+        _ => {}
+    }
+}
+
+/// A body relayed from the other member of a relay's room: `t:MICROS:N:...`.
+fn on_relay_body(body: &str, l: &mut Load, last_seq: &mut HashMap<String, u64>) {
+    let n = body.split(':').nth(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+    on_delivery(l, last_seq.entry(String::new()).or_insert(0), n, body);
+}
+
+/// Counts one delivered message: a duplicate, out of order, or its latency.
+fn on_delivery(l: &mut Load, last: &mut u64, seq: u64, body: &str) {
+    if seq == *last {
+        l.duplicated += 1;
+        return;
+    } else if seq < *last {
+        l.out_of_order += 1;
+    }
+    *last = (*last).max(seq);
+    if let Some(t0) = body.split(':').nth(1).and_then(|s| s.parse::<u64>().ok()) {
+        let now = l.micros();
+        let _ = l.e2e.record(now.saturating_sub(t0).max(1));
+        l.delivered += 1;
+    }
 }
 
 fn rand_fraction() -> f64 {
@@ -509,18 +648,44 @@ async fn pair(ctx: &Ctx, i: usize, a: &AgentAccounts) -> Result<(Customer, Agent
     Ok((c, ag))
 }
 
+/// One end of a conversation: a connection and the conversation it sends to.
+struct End {
+    tx: Tx,
+    rx: Rx,
+    conv: String,
+}
+
+/// `n` conversations: Parley customers paired with agent accounts `offset..`,
+/// or on a relay, rooms of two members.
+async fn make_pairs(ctx: &Ctx, offset: usize, n: usize, a: &AgentAccounts) -> Result<Vec<(End, End)>, String> {
+    let mut pairs = Vec::with_capacity(n);
+    for i in offset..offset + n {
+        pairs.push(match ctx.target {
+            Target::Parley => {
+                let (c, ag) = pair(ctx, i, a).await?;
+                let conv = c.conv.clone();
+                (End { tx: c.tx, rx: c.rx, conv: c.conv }, End { tx: ag.tx, rx: ag.rx, conv })
+            }
+            _ => {
+                let room = format!("r{i}");
+                let (tx, rx) = member(ctx, &room).await?;
+                let (tx2, rx2) = member(ctx, &room).await?;
+                (End { tx, rx, conv: room.clone() }, End { tx: tx2, rx: rx2, conv: room })
+            }
+        });
+    }
+    Ok(pairs)
+}
+
 async fn conversations(ctx: &Ctx, a: &ConvArgs) -> Result<Value, String> {
     eprintln!("conversations: setting up {} pairs", a.pairs);
-    let mut pairs = Vec::with_capacity(a.pairs);
-    for i in 0..a.pairs {
-        pairs.push(pair(ctx, i, &a.agents).await?);
-    }
+    let pairs = make_pairs(ctx, 0, a.pairs, &a.agents).await?;
     run_load(ctx, pairs, a.rate, a.duration, a.body_bytes).await
 }
 
 async fn run_load(
     ctx: &Ctx,
-    pairs: Vec<(Customer, Agent)>,
+    pairs: Vec<(End, End)>,
     rate: u64,
     duration: u64,
     body_bytes: usize,
@@ -528,10 +693,12 @@ async fn run_load(
     let load = Rc::new(RefCell::new(Load::new()));
     let per_sec = rate as f64 / (2 * pairs.len().max(1)) as f64;
     let cpu0 = ctx.pid.and_then(proc_cpu_secs);
+    let own0 = proc_cpu_secs(std::process::id());
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let target = ctx.target;
     for (c, ag) in pairs {
-        let plan = |tag| SidePlan { conv: c.conv.clone(), tag, per_sec, secs: duration, body_bytes };
+        let plan = |tag| SidePlan { target, conv: c.conv.clone(), tag, per_sec, secs: duration, body_bytes };
         let (pc, pa) = (plan("c"), plan("a"));
         tasks.push(tokio::task::spawn_local(side(c.tx, c.rx, pc, load.clone())));
         tasks.push(tokio::task::spawn_local(side(ag.tx, ag.rx, pa, load.clone())));
@@ -547,17 +714,28 @@ async fn run_load(
         _ => None,
     };
     let l = load.borrow();
-    let lost = l.acked.saturating_sub(l.delivered);
+    // Parley promises delivery of what it acked; a relay of what was sent.
+    let lost = match target {
+        Target::Parley => l.acked.saturating_sub(l.delivered),
+        _ => l.sent.saturating_sub(l.delivered),
+    };
     Ok(json!({
         "ok": lost == 0 && l.duplicated == 0 && l.out_of_order == 0,
         "mode": "conversations",
+        "target": target.name(),
         "offered_msg_per_sec": rate,
         "sent": l.sent, "acked": l.acked, "delivered": l.delivered,
         "delivered_msg_per_sec": (l.delivered as f64 / secs.max(0.001)).round(),
         "lost": lost, "duplicated": l.duplicated, "out_of_order": l.out_of_order, "errors": l.errors,
-        "latency": percentiles(&l.e2e), "ack_latency": percentiles(&l.ack),
+        "latency": percentiles(&l.e2e),
+        "ack_latency": if target == Target::Parley { percentiles(&l.ack) } else { Value::Null },
         "server_cpu_secs": cpu.map(round3),
         "server_cpu_secs_per_million": cpu.map(|c| round3(c / (l.delivered.max(1) as f64) * 1e6)),
+        // The load generator's own share of its core: near 1.0, it, not the server, is the limit.
+        "load_cpu_fraction": match (own0, proc_cpu_secs(std::process::id())) {
+            (Some(a), Some(b)) => Some(round3((b - a) / (secs + DRAIN.as_secs_f64()))),
+            _ => None,
+        },
     }))
 }
 
@@ -597,11 +775,19 @@ async fn agent_load(ctx: &Ctx, n: usize, each: f64, duration: u64, a: &AgentAcco
     let load = Rc::new(RefCell::new(Load::new()));
     let mut tasks = Vec::new();
     for c in customers {
-        let plan = SidePlan { conv: c.conv, tag: "c", per_sec: each, secs: duration, body_bytes: 64 };
+        let plan =
+            SidePlan { target: Target::Parley, conv: c.conv, tag: "c", per_sec: each, secs: duration, body_bytes: 64 };
         tasks.push(tokio::task::spawn_local(side(c.tx, c.rx, plan, load.clone())));
     }
     // The agent only receives: its latency is what the agent side sees.
-    let plan = SidePlan { conv: String::new(), tag: "a", per_sec: 0.0, secs: duration, body_bytes: 64 };
+    let plan = SidePlan {
+        target: Target::Parley,
+        conv: String::new(),
+        tag: "a",
+        per_sec: 0.0,
+        secs: duration,
+        body_bytes: 64,
+    };
     tasks.push(tokio::task::spawn_local(side(ag.tx, ag.rx, plan, load.clone())));
     let progress = tokio::task::spawn_local(progress(load.clone()));
     for t in tasks {
@@ -654,7 +840,14 @@ async fn storm(ctx: &Ctx, n: usize, a: &AgentAccounts) -> Result<Value, String> 
         let want = missed[&conv];
         let (server, sources, tally) = (ctx.server, ctx.sources, resumed.clone());
         tasks.push(tokio::task::spawn_local(async move {
-            let ctx = Ctx { server, pid: None, sources, next: RefCell::new(rand_index()) };
+            let ctx = Ctx {
+                server,
+                pid: None,
+                sources,
+                target: Target::Parley,
+                next: RefCell::new(rand_index()),
+                tokens: RefCell::default(),
+            };
             let got = async {
                 let (mut tx, mut rx) = connect(&ctx).await?;
                 send(&mut tx, &json!({"type": "hello", "role": "customer", "token": token})).await?;
@@ -689,38 +882,51 @@ fn rand_index() -> usize {
 
 // ---------------------------------------------------------------- sweep
 
-async fn sweep(ctx: &Ctx, a: &ConvArgs, rates: &[u64], out: &str) -> Result<Value, String> {
+async fn sweep(ctx: &Ctx, a: &ConvArgs, rates: &[u64], out: &str, stop_p99_ms: f64) -> Result<Value, String> {
     let mut rows = Vec::new();
-    let mut offset = 0usize;
     for &rate in rates {
         eprintln!("sweep: {rate} msg/s");
-        let mut pairs = Vec::with_capacity(a.pairs);
-        for i in 0..a.pairs {
-            pairs.push(pair(ctx, offset + i, &a.agents).await?);
+        // The same agent accounts each time: the previous run's customers closed their conversations.
+        let pairs = make_pairs(ctx, 0, a.pairs, &a.agents).await?;
+        let row = run_load(ctx, pairs, rate, a.duration, a.body_bytes).await?;
+        let p99 = row["latency"]["p99_ms"].as_f64().unwrap_or(f64::MAX);
+        rows.push(row);
+        if p99 > stop_p99_ms {
+            eprintln!("sweep: p99 {p99} ms is past {stop_p99_ms} ms: saturated, stopping here");
+            break;
         }
-        offset += a.pairs;
-        rows.push(run_load(ctx, pairs, rate, a.duration, a.body_bytes).await?);
     }
     let svg = std::path::Path::new(out).with_extension("svg");
     std::fs::write(&svg, svg_plot(&rows)).map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
     let name = svg.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    std::fs::write(out, sweep_report(a, &rows, &name)).map_err(|e| format!("cannot write {out}: {e}"))?;
-    Ok(json!({"ok": rows.iter().all(|r| r["ok"] == true), "mode": "sweep", "report": out, "runs": rows}))
+    std::fs::write(out, sweep_report(ctx.target, a, &rows, &name)).map_err(|e| format!("cannot write {out}: {e}"))?;
+    Ok(json!({
+        "ok": rows.iter().all(|r| r["ok"] == true), "mode": "sweep", "target": ctx.target.name(),
+        "report": out, "runs": rows,
+    }))
 }
 
-fn sweep_report(a: &ConvArgs, rows: &[Value], svg: &str) -> String {
+fn sweep_report(target: Target, a: &ConvArgs, rows: &[Value], svg: &str) -> String {
+    let what = match target {
+        Target::Parley => "conversations (customer + agent)",
+        _ => "rooms of two members",
+    };
     let mut md = format!(
-        "# Latency against offered load\n\n{} conversations (customer + agent), {} s per rate, {}-byte bodies.\n\n",
-        a.pairs, a.duration, a.body_bytes
+        "# Latency against offered load: {}\n\n{} {what}, {} s per rate, {}-byte bodies.\n\n",
+        target.name(),
+        a.pairs,
+        a.duration,
+        a.body_bytes
     );
     md.push_str(
-        "| offered msg/s | delivered msg/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | dup | ooo |\n",
+        "| offered msg/s | delivered msg/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | dup | ooo \
+         | server CPU-s per million | load core busy |\n",
     );
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let l = &r["latency"];
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["offered_msg_per_sec"],
             r["delivered_msg_per_sec"],
             l["p50_ms"],
@@ -730,7 +936,9 @@ fn sweep_report(a: &ConvArgs, rows: &[Value], svg: &str) -> String {
             l["max_ms"],
             r["lost"],
             r["duplicated"],
-            r["out_of_order"]
+            r["out_of_order"],
+            r["server_cpu_secs_per_million"],
+            r["load_cpu_fraction"]
         ));
     }
     md.push_str(&format!("\n![Latency percentiles against offered load]({svg})\n"));
