@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Writes docs/benchmarks.md from the JSON lines scripts/bench collected.
+
+usage: scripts/bench-report.py RESULTS.jsonl OUT.md
+"""
+import datetime
+import json
+import os
+import platform
+import sys
+
+NAMES = {"parley": "Parley", "socketio": "Socket.IO 4", "relay": "floor relay"}
+
+
+def main(results_path, out):
+    rows = [json.loads(line) for line in open(results_path) if line.strip()]
+    failed = [r for r in rows if "mode" not in r]
+    by = {}
+    for r in rows:
+        if "mode" in r:
+            by[(r.get("target", "parley"), r["mode"])] = r
+    targets = [t for t in NAMES if (t, "sweep") in by or (t, "idle") in by]
+    sweeps = {t: {run["offered_msg_per_sec"]: run for run in by[(t, "sweep")]["runs"]} for t in targets if (t, "sweep") in by}
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) // 1024 // 1024
+    md = [
+        "# Benchmarks\n",
+        f"Measured by `scripts/bench` on {datetime.date.today()}: {os.cpu_count()} cores ({cpu}), {mem} GiB, "
+        f"{platform.system()} {platform.release()}. Every server is pinned to core 0 and the load generator "
+        "(`parley-bench`, one thread) to core 1. Parley commits every message to SQLite with fsync "
+        "(`--sync full`) before its ack; the two relays store and acknowledge nothing:\n",
+        "- **Socket.IO 4**: `bench/socketio-relay.js`, Node.js "
+        + node_version()
+        + ", WebSocket transport, each pair of clients in its own room, `msg` events relayed to the room.",
+        "- **floor relay**: `bench/floor-relay.rs`, one tokio thread relaying WebSocket text frames within a room: "
+        "the least this machine needs to move a message, with no protocol, storage or acks.\n",
+        "Reproduce with `scripts/bench` (about 10 minutes; `PAIRS`, `RATES`, `DURATION`, `IDLE`, `STORM` and "
+        "`TARGETS` override the standard set). CPU is the server process's user + system time from "
+        "`/proc/PID/stat`, so it is comparable even where the load generator is the limit.\n",
+    ]
+    if failed:
+        md.append("**Runs that failed:** " + "; ".join(r.get("error", "?") for r in failed) + "\n")
+
+    md.append("## Against the targets\n")
+    md.append("| target | measured | met |\n|---|---|---|")
+    for t, m, ok in targets_rows(by, sweeps):
+        md.append(f"| {t} | {m} | {'yes' if ok else '**no**'} |")
+    md.append("")
+
+    if sweeps:
+        md.append("## Conversations: Parley beside Socket.IO and the floor\n")
+        md.append(
+            f"{pairs_count(by)} conversations, {by_duration(by)} s per rate, each two clients sending to each other at an equal share of the "
+            f"offered total, 64-byte bodies. p99 is end to end (sender's clock to receiver, one machine). "
+            "A dash: that target was already saturated at a lower rate.\n"
+        )
+        rates = sorted({r for s in sweeps.values() for r in s})
+        head = ["offered msg/s"] + [f"{NAMES[t]} p99 ms" for t in sweeps] + [f"{NAMES[t]} CPU-s / M" for t in sweeps]
+        ratio_cols = [t for t in ("socketio", "relay") if t in sweeps and "parley" in sweeps]
+        head += [f"Parley / {NAMES[t]} CPU" for t in ratio_cols]
+        md.append("| " + " | ".join(head) + " |")
+        md.append("|" + "---|" * len(head))
+        for rate in rates:
+            cells = [str(rate)]
+            cells += [cell(sweeps[t].get(rate), lambda r: r["latency"]["p99_ms"]) for t in sweeps]
+            cells += [cell(sweeps[t].get(rate), lambda r: r["server_cpu_secs_per_million"]) for t in sweeps]
+            for t in ratio_cols:
+                a, b = sweeps["parley"].get(rate), sweeps[t].get(rate)
+                cells.append(f"{a['server_cpu_secs_per_million'] / b['server_cpu_secs_per_million']:.1f}x" if a and b else "-")
+            md.append("| " + " | ".join(cells) + " |")
+        md.append("")
+        md.append("Highest offered rate each target carried with no loss:\n")
+        md.append("| | p99 <= 10 ms | p99 <= 50 ms | lost, duplicated, out of order (all runs) |\n|---|---|---|---|")
+        for t, s in sweeps.items():
+            bad = sum(r["lost"] + r["duplicated"] + r["out_of_order"] for r in s.values())
+            md.append(f"| {NAMES[t]} | {best(s, 10)} msg/s | {best(s, 50)} msg/s | {bad} |")
+        md.append("")
+
+    idles = [(t, by[(t, "idle")]) for t in targets if (t, "idle") in by]
+    if idles:
+        md.append("## Idle connections\n")
+        md.append(
+            "Each connection is a Parley customer (hello + open: a queued conversation) or a relay client in a "
+            "room of its own, spread over 8 source addresses; held 10 s.\n"
+        )
+        md.append("| | connections | server RSS per connection | server CPU while idle |\n|---|---|---|---|")
+        for t, r in idles:
+            md.append(f"| {NAMES[t]} | {r['connections']} | {r['rss_kib_per_connection']} KiB | "
+                      f"{r['server_idle_cpu_percent']} % |")
+        md.append("")
+    if ("parley", "storm") in by:
+        s = by[("parley", "storm")]
+        md.append("## Reconnect storm (Parley)\n")
+        md.append(f"{s['customers']} customers cut at once, one message posted to each while away, all reconnecting "
+                  f"with their token and `sync`: resumed {s['resumed']}, lost **{s['lost']}**, in "
+                  f"**{s['resume_secs']} s**.\n")
+    if ("parley", "agent-load") in by:
+        a = by[("parley", "agent-load")]
+        md.append("## One agent, 50 customers at 1 msg/s each (Parley)\n")
+        md.append(f"Agent-side latency p50 {a['agent_latency']['p50_ms']} ms, p99 **{a['agent_latency']['p99_ms']} ms**, "
+                  f"max {a['agent_latency']['max_ms']} ms; {a['delivered_to_agent']} of {a['acked']} acked messages "
+                  "delivered.\n")
+    for t in sweeps:
+        path = f"docs/bench-sweep-{t}.md"
+        if os.path.exists(path):
+            body = open(path).read().split("\n", 2)[2]
+            md.append(f"## Every rate: {NAMES[t]}\n\n{body}")
+    md.append("What each performance fix bought, and where Parley's time goes: "
+              "[performance-log.md](performance-log.md).\n")
+    md.append("Raw results (the JSON lines of `parley-bench`):\n\n```json")
+    md += [json.dumps(r, sort_keys=True) for r in rows]
+    md.append("```\n")
+    open(out, "w").write("\n".join(md))
+    print(f"wrote {out}")
+
+
+def node_version():
+    try:
+        return os.popen("node --version").read().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def pairs_count(by):
+    return next((r["pairs"] for (_, m), r in by.items() if m == "sweep"), "?")
+
+
+def by_duration(by):
+    return next((r["duration_secs"] for (_, m), r in by.items() if m == "sweep"), "?")
+
+
+def cell(run, f):
+    return "-" if run is None else str(f(run))
+
+
+def best(s, p99_max):
+    ok = [r["delivered_msg_per_sec"] for r in s.values() if r["latency"]["p99_ms"] <= p99_max and r["lost"] == 0]
+    return f"{max(ok):.0f}" if ok else "0"
+
+
+def targets_rows(by, sweeps):
+    out = []
+    idle = by.get(("parley", "idle"))
+    if idle:
+        kib = idle["rss_kib_per_connection"] or 0
+        out.append(("idle: <= 6 KiB server RSS per connection, at the most one process may hold",
+                    f"{kib} KiB at {idle['connections']}", kib <= 6))
+    s = sweeps.get("parley")
+    if s:
+        b10, b50 = float(best(s, 10)), float(best(s, 50))
+        out.append(("conversations: 40,000 msg/s at p99 <= 10 ms", f"{b10:.0f} msg/s at p99 <= 10 ms", b10 >= 40000))
+        out.append(("conversations: 80,000 msg/s at p99 <= 50 ms", f"{b50:.0f} msg/s at p99 <= 50 ms", b50 >= 80000))
+        floor = sweeps.get("relay")
+        if floor:
+            common = [r for r in s if r in floor and s[r]["latency"]["p99_ms"] <= 1000]
+            if common:
+                ratios = [s[r]["server_cpu_secs_per_million"] / floor[r]["server_cpu_secs_per_million"] for r in common]
+                low = min(ratios)
+                out.append(("server CPU per delivered message <= 1.5 x the floor relay's",
+                            f"{low:.1f}x at best ({min(ratios):.1f}x to {max(ratios):.1f}x over "
+                            f"{min(common)} to {max(common)} msg/s)", low <= 1.5))
+    st = by.get(("parley", "storm"))
+    if st:
+        out.append(("storm: 10,000 customers resumed within 5 s, 0 lost",
+                    f"{st['resumed']} in {st['resume_secs']} s, {st['lost']} lost",
+                    st["customers"] >= 10000 and st["resume_secs"] <= 5 and st["lost"] == 0))
+    ag = by.get(("parley", "agent-load"))
+    if ag:
+        p99 = ag["agent_latency"]["p99_ms"]
+        out.append(("agent-load: agent-side p99 <= 5 ms", f"{p99} ms", p99 <= 5))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
