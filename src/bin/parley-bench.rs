@@ -902,7 +902,7 @@ async fn sweep(ctx: &Ctx, a: &ConvArgs, rates: &[u64], out: &str, stop_p99_ms: f
     std::fs::write(out, sweep_report(ctx.target, a, &rows, &name)).map_err(|e| format!("cannot write {out}: {e}"))?;
     Ok(json!({
         "ok": rows.iter().all(|r| r["ok"] == true), "mode": "sweep", "target": ctx.target.name(),
-        "report": out, "runs": rows,
+        "pairs": a.pairs, "duration_secs": a.duration, "report": out, "runs": rows,
     }))
 }
 
