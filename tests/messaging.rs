@@ -96,6 +96,21 @@ async fn retry_with_same_client_id_returns_original_ack_and_stores_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_the_conversation_closed_still_gets_the_original_ack() {
+    let srv = Server::start(&[]);
+    let mut cust = Client::customer(&srv, "Ann").await;
+    let cid = str_of(&cust.open("support").await, "id").to_string();
+    let first = cust.say(&cid, "k-1", "before the close").await;
+    cust.call(json!({"type":"close","conversation":cid}), "conversation").await;
+    // The ack was lost with the connection, say: the retry comes after the close.
+    let again = cust.say(&cid, "k-1", "before the close").await;
+    assert_eq!(again["id"], first["id"], "{first} vs {again}");
+    assert_eq!(again["seq"], first["seq"], "{first} vs {again}");
+    // Anything new is refused.
+    cust.call_err(json!({"type":"send","conversation":cid,"client_id":"k-2","body":"late"}), "conflict").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_side_gets_message_and_sender_gets_only_the_ack() {
     let srv = Server::with_agents(&[ANN], &[]);
     let (mut agent, mut cust, cid, _) = assigned_pair(&srv).await;

@@ -8,6 +8,7 @@ use crate::auth;
 use crate::protocol::{now_ms, MsgKind, Role};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -120,9 +121,27 @@ impl SqliteStore {
     }
 }
 
+/// What the writer knows of a conversation: it is the only writer of the
+/// database, so this is exact, and a message costs no conversation-row update.
+struct ConvSeq {
+    last_seq: u64,
+    closed: bool,
+}
+
+/// Conversations the writer has touched, by id. Cleared when a group fails
+/// (its changes were rolled back) and when it grows past [`MAX_CACHED_CONVS`].
+type SeqCache = HashMap<String, ConvSeq>;
+
+/// Conversations whose seq the writer keeps in memory before starting afresh.
+const MAX_CACHED_CONVS: usize = 200_000;
+
 fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, done: UnboundedSender<Vec<Completion>>) {
+    let mut seqs = SeqCache::new();
     while let Ok(first) = rx.recv() {
-        let completions = commit_group(&mut conn, first, &rx);
+        if seqs.len() > MAX_CACHED_CONVS {
+            seqs.clear();
+        }
+        let completions = commit_group(&mut conn, &mut seqs, first, &rx);
         if done.send(completions).is_err() {
             break; // the server is gone
         }
@@ -137,17 +156,18 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, don
 /// failure fails the whole group, which is rolled back.
 fn commit_group(
     conn: &mut Connection,
+    seqs: &mut SeqCache,
     first: (u64, WriteOp),
     rx: &std_mpsc::Receiver<(u64, WriteOp)>,
 ) -> Vec<Completion> {
     let mut tokens = vec![first.0];
     let mut run = |tokens: &mut Vec<u64>| -> rusqlite::Result<Vec<Result<WriteOutcome, StoreError>>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut out = vec![apply(&tx, &first.1)?];
+        let mut out = vec![apply(&tx, seqs, &first.1)?];
         while out.len() < MAX_BATCH {
             let Ok((token, op)) = rx.try_recv() else { break };
             tokens.push(token);
-            out.push(apply(&tx, &op)?);
+            out.push(apply(&tx, seqs, &op)?);
         }
         tx.commit()?;
         Ok(out)
@@ -156,14 +176,53 @@ fn commit_group(
         Ok(out) => out,
         Err(e) => {
             log::error!("store: a group of {} writes failed and was rolled back: {e}", tokens.len());
+            seqs.clear();
             tokens.iter().map(|_| Err(StoreError::Unavailable(e.to_string()))).collect()
         }
     };
     tokens.into_iter().zip(results).map(|(token, result)| Completion { token, result }).collect()
 }
 
+/// The writer's view of a conversation, read from the database on first use
+/// (None: no such conversation). Its last seq is its newest message's.
+fn conv_seq<'a>(
+    tx: &rusqlite::Transaction,
+    seqs: &'a mut SeqCache,
+    id: &str,
+) -> rusqlite::Result<Option<&'a mut ConvSeq>> {
+    if !seqs.contains_key(id) {
+        let row: Option<(String, u64)> = tx
+            .prepare_cached(
+                "SELECT status, (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1)
+                 FROM conversations WHERE id = ?1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((status, last_seq)) = row else { return Ok(None) };
+        seqs.insert(id.to_string(), ConvSeq { last_seq, closed: status == ConvStatus::Closed.as_str() });
+    }
+    Ok(seqs.get_mut(id))
+}
+
+/// The message already stored for this sender's `client_id`, if any.
+fn original(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Option<Message>> {
+    let Some(cid) = &m.client_id else { return Ok(None) };
+    tx.prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_id = ?2"))?
+        .query_row(params![m.from.id, cid], message_from_row)
+        .optional()
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
 /// Outer error: the database failed (fails the batch). Inner error: the op was refused.
-fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<WriteOutcome, StoreError>> {
+fn apply(
+    tx: &rusqlite::Transaction,
+    seqs: &mut SeqCache,
+    op: &WriteOp,
+) -> rusqlite::Result<Result<WriteOutcome, StoreError>> {
     match op {
         WriteOp::Barrier => Ok(Ok(WriteOutcome::Done)),
         WriteOp::CreateConversation(c) => {
@@ -182,66 +241,64 @@ fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<Wr
                 c.created_at,
                 c.queued_at
             ])?;
+            seqs.insert(c.id.clone(), ConvSeq { last_seq: 0, closed: c.status == ConvStatus::Closed });
             Ok(Ok(WriteOutcome::Done))
         }
         WriteOp::Append(m) => {
-            if let Some(cid) = &m.client_id {
-                let orig = tx
-                    .prepare_cached(&format!(
-                        "SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_id = ?2"
-                    ))?
-                    .query_row(params![m.from.id, cid], message_from_row)
-                    .optional()?;
-                if let Some(message) = orig {
-                    return Ok(Ok(WriteOutcome::Appended { message, duplicate: true }));
-                }
-            }
             let open_only = m.kind != MsgKind::Event;
-            let seq: Option<u64> = tx
-                .prepare_cached(
-                    "UPDATE conversations SET last_seq = last_seq + 1
-                     WHERE id = ?1 AND (?2 = 0 OR status != 'closed') RETURNING last_seq",
-                )?
-                .query_row(params![m.conversation, open_only as i64], |r| r.get(0))
-                .optional()?;
-            let Some(seq) = seq else {
-                let exists: Option<i64> = tx
-                    .prepare_cached("SELECT 1 FROM conversations WHERE id = ?1")?
-                    .query_row(params![m.conversation], |r| r.get(0))
-                    .optional()?;
-                return Ok(Err(match exists {
-                    Some(_) => StoreError::Conflict(format!("conversation {} is closed", m.conversation)),
-                    None => StoreError::NotFound(format!("no conversation {}", m.conversation)),
-                }));
+            let state = conv_seq(tx, seqs, &m.conversation)?.map(|c| (c.last_seq, c.closed));
+            let last_seq = match state {
+                Some((last_seq, closed)) if !(closed && open_only) => last_seq,
+                _ => {
+                    // A retry of a message stored before the conversation closed still gets its ack.
+                    if let Some(message) = original(tx, m)? {
+                        return Ok(Ok(WriteOutcome::Appended { message, duplicate: true }));
+                    }
+                    return Ok(Err(match state {
+                        Some(_) => StoreError::Conflict(format!("conversation {} is closed", m.conversation)),
+                        None => StoreError::NotFound(format!("no conversation {}", m.conversation)),
+                    }));
+                }
             };
-            insert_message(tx, m, seq)?;
+            let seq = last_seq + 1;
+            // The unique index on (sender, client_id) finds a retry: no lookup before every insert.
+            if let Err(e) = insert_message(tx, m, seq) {
+                return match original(tx, m)? {
+                    Some(message) if is_unique_violation(&e) => {
+                        Ok(Ok(WriteOutcome::Appended { message, duplicate: true }))
+                    }
+                    _ => Err(e),
+                };
+            }
+            if let Some(c) = seqs.get_mut(&m.conversation) {
+                c.last_seq = seq;
+            }
             Ok(Ok(WriteOutcome::Appended { message: m.clone().with_seq(seq), duplicate: false }))
         }
         WriteOp::Update { status, agent, queued_at, event } => {
-            let closed_at = (*status == ConvStatus::Closed).then_some(event.ts);
-            let seq: Option<u64> = tx
-                .prepare_cached(
-                    "UPDATE conversations SET status = ?2, agent_id = ?3,
-                     agent_name = ?4, queued_at = ?5,
-                     closed_at = COALESCE(?6, closed_at), last_seq = last_seq + 1
-                     WHERE id = ?1 RETURNING last_seq",
-                )?
-                .query_row(
-                    params![
-                        event.conversation,
-                        status.as_str(),
-                        agent.as_ref().map(|a| &a.id),
-                        agent.as_ref().map(|a| &a.name),
-                        queued_at,
-                        closed_at
-                    ],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(seq) = seq else {
+            let Some(last_seq) = conv_seq(tx, seqs, &event.conversation)?.map(|c| c.last_seq) else {
                 return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
             };
+            let seq = last_seq + 1;
+            let closed_at = (*status == ConvStatus::Closed).then_some(event.ts);
+            tx.prepare_cached(
+                "UPDATE conversations SET status = ?2, agent_id = ?3, agent_name = ?4, queued_at = ?5,
+                 closed_at = COALESCE(?6, closed_at), last_seq = ?7 WHERE id = ?1",
+            )?
+            .execute(params![
+                event.conversation,
+                status.as_str(),
+                agent.as_ref().map(|a| &a.id),
+                agent.as_ref().map(|a| &a.name),
+                queued_at,
+                closed_at,
+                seq as i64
+            ])?;
             insert_message(tx, event, seq)?;
+            if let Some(c) = seqs.get_mut(&event.conversation) {
+                c.last_seq = seq;
+                c.closed = *status == ConvStatus::Closed;
+            }
             Ok(Ok(WriteOutcome::Appended { message: event.clone().with_seq(seq), duplicate: false }))
         }
         WriteOp::Rate { score, comment, event } => {
@@ -259,13 +316,18 @@ fn apply(tx: &rusqlite::Transaction, op: &WriteOp) -> rusqlite::Result<Result<Wr
                 }
                 _ => {}
             }
-            let seq: u64 = tx
-                .prepare_cached(
-                    "UPDATE conversations SET rating = ?2, rating_comment = ?3, last_seq = last_seq + 1
-                     WHERE id = ?1 RETURNING last_seq",
-                )?
-                .query_row(params![event.conversation, *score as i64, comment], |r| r.get(0))?;
+            let Some(last_seq) = conv_seq(tx, seqs, &event.conversation)?.map(|c| c.last_seq) else {
+                return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
+            };
+            let seq = last_seq + 1;
+            tx.prepare_cached(
+                "UPDATE conversations SET rating = ?2, rating_comment = ?3, last_seq = ?4 WHERE id = ?1",
+            )?
+            .execute(params![event.conversation, *score as i64, comment, seq as i64])?;
             insert_message(tx, event, seq)?;
+            if let Some(c) = seqs.get_mut(&event.conversation) {
+                c.last_seq = seq;
+            }
             Ok(Ok(WriteOutcome::Appended { message: event.clone().with_seq(seq), duplicate: false }))
         }
         WriteOp::Read { conversation, user_id, seq } => {
@@ -320,8 +382,10 @@ fn message_from_row(r: &Row) -> rusqlite::Result<Message> {
     })
 }
 
-const CONV_COLS: &str =
-    "id, room, status, customer_id, customer_name, agent_id, agent_name, created_at, queued_at, last_seq, rating";
+/// A conversation's last seq is its newest message's: the writer does not
+/// update the conversation row for every message.
+const CONV_COLS: &str = "id, room, status, customer_id, customer_name, agent_id, agent_name, created_at, queued_at,
+    (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = conversations.id), rating";
 
 fn conv_from_row(r: &Row) -> rusqlite::Result<ConvRow> {
     let status: String = r.get(2)?;
