@@ -40,6 +40,8 @@ fn main() {
 async fn member(stream: TcpStream, id: u64, rooms: Rooms) {
     let _ = stream.set_nodelay(true);
     let mut room = String::from("lobby");
+    // The callback's error type is tungstenite's own HTTP response.
+    #[allow(clippy::result_large_err)]
     let pick_room = |req: &Request, res: Response| {
         if let Some(q) = req.uri().query() {
             if let Some(r) = q.split('&').find_map(|kv| kv.strip_prefix("room=")) {
