@@ -23,13 +23,22 @@ const MAX_IDLE_READERS: usize = 8;
 
 /// Page cache of each connection, KiB.
 const CACHE_KIB: i64 = 64 * 1024;
-/// WAL pages written before an automatic checkpoint (SQLite's default is 1000).
-const CHECKPOINT_PAGES: i64 = 10_000;
+/// How often the checkpoint thread copies committed WAL pages into the
+/// database, off the writer's path: a commit never waits for a checkpoint.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// WAL pages after which the writer checkpoints by itself: only when the
+/// checkpoint thread cannot keep up (SQLite's default is 1000).
+const CHECKPOINT_PAGES: i64 = 100_000;
+/// WAL pages after which the checkpoint thread starts the WAL over.
+const RESTART_PAGES: i64 = 8_000;
+/// What the WAL file is truncated to after it restarts, bytes.
+const WAL_KEEP_BYTES: i64 = 64 << 20;
 
 /// Default capacity of a bot account.
 const BOT_MAX_ACTIVE: u32 = 1000;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../../migrations/0001_init.sql"), include_str!("../../migrations/0002_client_ids_in_writer.sql")];
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -47,9 +56,9 @@ fn open_conn(path: &Path, full_sync: bool) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" })?;
     // Pages of the conversations being written stay cached between commits.
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
-    // A longer WAL before each checkpoint: a page written by many commits is
-    // copied to the database once.
+    // Checkpoints come from the checkpoint thread (see `checkpoint_loop`).
     conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
     Ok(conn)
 }
 
@@ -83,10 +92,20 @@ impl SqliteStore {
         drop(open_admin(data_dir)?);
         let path = data_dir.join("parley.db");
         let conn = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let ckpt = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let (tx, rx) = std_mpsc::channel();
+        // The checkpoint thread lives as long as the writer holds `alive`.
+        let (alive, writer_gone) = std_mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("parley-checkpoint".into())
+            .spawn(move || checkpoint_loop(ckpt, writer_gone))
+            .map_err(|e| format!("cannot start the checkpoint thread: {e}"))?;
         std::thread::Builder::new()
             .name("parley-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, done))
+            .spawn(move || {
+                let _alive = alive;
+                writer_loop(conn, rx, done)
+            })
             .map_err(|e| format!("cannot start the store writer: {e}"))?;
         Ok(SqliteStore { path, writer: Mutex::new(tx), readers: Arc::new(Mutex::new(Vec::new())) })
     }
@@ -121,19 +140,53 @@ impl SqliteStore {
     }
 }
 
-/// What the writer knows of a conversation: it is the only writer of the
-/// database, so this is exact, and a message costs no conversation-row update.
+/// Copies committed WAL pages into the database every [`CHECKPOINT_EVERY`]
+/// without blocking the writer or readers (a passive checkpoint), so the WAL
+/// restarts from its beginning whenever the checkpoint has caught up.
+fn checkpoint_loop(conn: Connection, writer_gone: std_mpsc::Receiver<()>) {
+    let checkpoint = |mode: &str| -> rusqlite::Result<i64> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
+    };
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(CHECKPOINT_EVERY) {
+        match checkpoint("PASSIVE") {
+            // Under steady writes a passive checkpoint never sees the end of the
+            // WAL, so it would grow until the writer's own checkpoint. A restart
+            // checkpoint holds the writer only while it copies the few pages
+            // written since the passive one, then the WAL starts over.
+            Ok(frames) if frames > RESTART_PAGES => {
+                if let Err(e) = checkpoint("RESTART") {
+                    log::debug!("store: restart checkpoint skipped: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("store: checkpoint skipped: {e}"),
+        }
+    }
+}
+
+/// What the writer knows of an open conversation: it is the only writer of
+/// the database, so this is exact. A message then costs one insert: no
+/// conversation-row update, and no index of client ids to keep (each index is
+/// one more page written per message).
 struct ConvSeq {
     last_seq: u64,
     closed: bool,
+    /// Seq of every message with a client id, by [`client_key`].
+    client_ids: HashMap<String, u64>,
 }
 
-/// Conversations the writer has touched, by id. Cleared when a group fails
-/// (its changes were rolled back) and when it grows past [`MAX_CACHED_CONVS`].
+/// Conversations the writer has touched, by id. A conversation leaves when it
+/// closes; all leave when a group fails (its changes were rolled back) or
+/// when more than [`MAX_CACHED_CONVS`] are here.
 type SeqCache = HashMap<String, ConvSeq>;
 
-/// Conversations whose seq the writer keeps in memory before starting afresh.
-const MAX_CACHED_CONVS: usize = 200_000;
+/// Conversations the writer keeps in memory before starting afresh.
+const MAX_CACHED_CONVS: usize = 50_000;
+
+/// A retry is the same sender's same `client_id` in the same conversation.
+fn client_key(sender_id: &str, client_id: &str) -> String {
+    format!("{sender_id}\u{0}{client_id}")
+}
 
 fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, done: UnboundedSender<Vec<Completion>>) {
     let mut seqs = SeqCache::new();
@@ -191,30 +244,36 @@ fn conv_seq<'a>(
     id: &str,
 ) -> rusqlite::Result<Option<&'a mut ConvSeq>> {
     if !seqs.contains_key(id) {
-        let row: Option<(String, u64)> = tx
-            .prepare_cached(
-                "SELECT status, (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1)
-                 FROM conversations WHERE id = ?1",
-            )?
-            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+        let status: Option<String> = tx
+            .prepare_cached("SELECT status FROM conversations WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
             .optional()?;
-        let Some((status, last_seq)) = row else { return Ok(None) };
-        seqs.insert(id.to_string(), ConvSeq { last_seq, closed: status == ConvStatus::Closed.as_str() });
+        let Some(status) = status else { return Ok(None) };
+        // One pass over the conversation's messages (they are stored together).
+        let mut conv =
+            ConvSeq { last_seq: 0, closed: status == ConvStatus::Closed.as_str(), client_ids: HashMap::new() };
+        let mut stmt =
+            tx.prepare_cached("SELECT seq, sender_id, client_id FROM messages WHERE conversation_id = ?1")?;
+        let mut rows = stmt.query(params![id])?;
+        while let Some(r) = rows.next()? {
+            let seq: u64 = r.get(0)?;
+            conv.last_seq = conv.last_seq.max(seq);
+            if let Some(cid) = r.get::<_, Option<String>>(2)? {
+                conv.client_ids.insert(client_key(&r.get::<_, String>(1)?, &cid), seq);
+            }
+        }
+        seqs.insert(id.to_string(), conv);
     }
     Ok(seqs.get_mut(id))
 }
 
-/// The message already stored for this sender's `client_id`, if any.
-fn original(tx: &rusqlite::Transaction, m: &NewMessage) -> rusqlite::Result<Option<Message>> {
-    let Some(cid) = &m.client_id else { return Ok(None) };
-    tx.prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE sender_id = ?1 AND client_id = ?2"))?
-        .query_row(params![m.from.id, cid], message_from_row)
+/// The message already stored for this sender's `client_id` in this conversation, if any.
+fn original(tx: &rusqlite::Transaction, conv: Option<&ConvSeq>, m: &NewMessage) -> rusqlite::Result<Option<Message>> {
+    let (Some(conv), Some(cid)) = (conv, &m.client_id) else { return Ok(None) };
+    let Some(seq) = conv.client_ids.get(&client_key(&m.from.id, cid)) else { return Ok(None) };
+    tx.prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"))?
+        .query_row(params![m.conversation, *seq as i64], message_from_row)
         .optional()
-}
-
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
 /// Outer error: the database failed (fails the batch). Inner error: the op was refused.
@@ -241,37 +300,27 @@ fn apply(
                 c.created_at,
                 c.queued_at
             ])?;
-            seqs.insert(c.id.clone(), ConvSeq { last_seq: 0, closed: c.status == ConvStatus::Closed });
+            let closed = c.status == ConvStatus::Closed;
+            seqs.insert(c.id.clone(), ConvSeq { last_seq: 0, closed, client_ids: HashMap::new() });
             Ok(Ok(WriteOutcome::Done))
         }
         WriteOp::Append(m) => {
-            let open_only = m.kind != MsgKind::Event;
-            let state = conv_seq(tx, seqs, &m.conversation)?.map(|c| (c.last_seq, c.closed));
-            let last_seq = match state {
-                Some((last_seq, closed)) if !(closed && open_only) => last_seq,
-                _ => {
-                    // A retry of a message stored before the conversation closed still gets its ack.
-                    if let Some(message) = original(tx, m)? {
-                        return Ok(Ok(WriteOutcome::Appended { message, duplicate: true }));
-                    }
-                    return Ok(Err(match state {
-                        Some(_) => StoreError::Conflict(format!("conversation {} is closed", m.conversation)),
-                        None => StoreError::NotFound(format!("no conversation {}", m.conversation)),
-                    }));
-                }
-            };
-            let seq = last_seq + 1;
-            // The unique index on (sender, client_id) finds a retry: no lookup before every insert.
-            if let Err(e) = insert_message(tx, m, seq) {
-                return match original(tx, m)? {
-                    Some(message) if is_unique_violation(&e) => {
-                        Ok(Ok(WriteOutcome::Appended { message, duplicate: true }))
-                    }
-                    _ => Err(e),
-                };
+            let conv = conv_seq(tx, seqs, &m.conversation)?;
+            // A retry gets the original ack, even after the conversation closed.
+            if let Some(message) = original(tx, conv.as_deref(), m)? {
+                return Ok(Ok(WriteOutcome::Appended { message, duplicate: true }));
             }
-            if let Some(c) = seqs.get_mut(&m.conversation) {
-                c.last_seq = seq;
+            let Some(conv) = conv else {
+                return Ok(Err(StoreError::NotFound(format!("no conversation {}", m.conversation))));
+            };
+            if conv.closed && m.kind != MsgKind::Event {
+                return Ok(Err(StoreError::Conflict(format!("conversation {} is closed", m.conversation))));
+            }
+            let seq = conv.last_seq + 1;
+            insert_message(tx, m, seq)?;
+            conv.last_seq = seq;
+            if let Some(cid) = &m.client_id {
+                conv.client_ids.insert(client_key(&m.from.id, cid), seq);
             }
             Ok(Ok(WriteOutcome::Appended { message: m.clone().with_seq(seq), duplicate: false }))
         }
@@ -295,9 +344,12 @@ fn apply(
                 seq as i64
             ])?;
             insert_message(tx, event, seq)?;
-            if let Some(c) = seqs.get_mut(&event.conversation) {
+            if *status == ConvStatus::Closed {
+                // Closed conversations see little more; they are read back if they do.
+                seqs.remove(&event.conversation);
+            } else if let Some(c) = seqs.get_mut(&event.conversation) {
                 c.last_seq = seq;
-                c.closed = *status == ConvStatus::Closed;
+                c.closed = false;
             }
             Ok(Ok(WriteOutcome::Appended { message: event.clone().with_seq(seq), duplicate: false }))
         }
