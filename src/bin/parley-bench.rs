@@ -32,7 +32,8 @@ type Rx = SplitStream<Ws>;
 
 /// How long any single expected reply may take before the run fails.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time left after the senders stop for the last messages to arrive.
+/// After the senders stop, how long a run waits with nothing arriving before
+/// it counts what has not arrived as lost.
 const DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Parser, Debug)]
@@ -465,6 +466,9 @@ struct Load {
     errors: u64,
     e2e: Histogram<u64>,
     ack: Histogram<u64>,
+    /// When the first message was sent and the last one arrived, µs since `epoch`.
+    first_send: Option<u64>,
+    last_delivery: u64,
 }
 
 impl Load {
@@ -479,6 +483,8 @@ impl Load {
             errors: 0,
             e2e: hist(),
             ack: hist(),
+            first_send: None,
+            last_delivery: 0,
         }
     }
     fn micros(&self) -> u64 {
@@ -560,14 +566,16 @@ async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
                 load.borrow_mut().errors += 1;
                 break;
             }
-            load.borrow_mut().sent += 1;
+            let mut l = load.borrow_mut();
+            l.sent += 1;
+            l.first_send.get_or_insert(t0);
         }
     }
     if plan.per_sec <= 0.0 {
         // A side that only receives listens for the whole run.
         tokio::time::sleep(Duration::from_secs(plan.secs)).await;
     }
-    tokio::time::sleep(DRAIN).await;
+    drain(&load).await;
     reader.abort();
     let mut tx = tx.lock().await;
     // The customer closes, so the next run starts with an empty queue and free agents.
@@ -575,6 +583,24 @@ async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
         let _ = tx.send(Message::Text(json!({"type": "close", "conversation": plan.conv}).to_string())).await;
     }
     let _ = tx.close().await;
+}
+
+/// Waits until every sent message has arrived, or nothing has arrived for
+/// [`DRAIN`]: an overloaded server's late messages count as late, not lost.
+async fn drain(load: &RefCell<Load>) {
+    let (mut seen, mut since) = (load.borrow().delivered, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let l = load.borrow();
+        if l.delivered >= l.sent {
+            return;
+        }
+        if l.delivered != seen {
+            (seen, since) = (l.delivered, Instant::now());
+        } else if since.elapsed() >= DRAIN {
+            return;
+        }
+    }
 }
 
 /// A frame from Parley: an ack of ours, or a message from the other side.
@@ -624,6 +650,7 @@ fn on_delivery(l: &mut Load, last: &mut u64, seq: u64, body: &str) {
         let now = l.micros();
         let _ = l.e2e.record(now.saturating_sub(t0).max(1));
         l.delivered += 1;
+        l.last_delivery = now;
     }
 }
 
@@ -708,12 +735,14 @@ async fn run_load(
         let _ = t.await;
     }
     progress.abort();
-    let secs = (started.elapsed() - DRAIN).as_secs_f64();
+    let wall = started.elapsed().as_secs_f64();
     let cpu = match (cpu0, ctx.pid.and_then(proc_cpu_secs)) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
     let l = load.borrow();
+    // Delivered rate: from the first send to the last arrival.
+    let secs = l.last_delivery.saturating_sub(l.first_send.unwrap_or(0)) as f64 / 1e6;
     // Parley promises delivery of what it acked; a relay of what was sent.
     let lost = match target {
         Target::Parley => l.acked.saturating_sub(l.delivered),
@@ -733,7 +762,7 @@ async fn run_load(
         "server_cpu_secs_per_million": cpu.map(|c| round3(c / (l.delivered.max(1) as f64) * 1e6)),
         // The load generator's own share of its core: near 1.0, it, not the server, is the limit.
         "load_cpu_fraction": match (own0, proc_cpu_secs(std::process::id())) {
-            (Some(a), Some(b)) => Some(round3((b - a) / (secs + DRAIN.as_secs_f64()))),
+            (Some(a), Some(b)) => Some(round3((b - a) / wall)),
             _ => None,
         },
     }))
