@@ -469,6 +469,8 @@ struct Load {
     /// When the first message was sent and the last one arrived, µs since `epoch`.
     first_send: Option<u64>,
     last_delivery: u64,
+    /// Sides that have not finished sending yet.
+    sending: usize,
 }
 
 impl Load {
@@ -485,6 +487,7 @@ impl Load {
             ack: hist(),
             first_send: None,
             last_delivery: 0,
+            sending: 0,
         }
     }
     fn micros(&self) -> u64 {
@@ -507,6 +510,7 @@ struct SidePlan {
 /// side: end-to-end latency, duplicates and order (by Parley's `seq`, or on a
 /// relay by the sender's counter carried in the body).
 async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
+    load.borrow_mut().sending += 1;
     let tx = Rc::new(tokio::sync::Mutex::new(tx));
     let pending: Rc<RefCell<HashMap<String, u64>>> = Rc::new(RefCell::new(HashMap::new()));
     let reader = {
@@ -575,6 +579,7 @@ async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
         // A side that only receives listens for the whole run.
         tokio::time::sleep(Duration::from_secs(plan.secs)).await;
     }
+    load.borrow_mut().sending -= 1;
     drain(&load).await;
     reader.abort();
     let mut tx = tx.lock().await;
@@ -585,13 +590,18 @@ async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
     let _ = tx.close().await;
 }
 
-/// Waits until every sent message has arrived, or nothing has arrived for
-/// [`DRAIN`]: an overloaded server's late messages count as late, not lost.
+/// Once every side has stopped sending, waits until every sent message has
+/// arrived, or nothing has arrived for [`DRAIN`]: an overloaded server's late
+/// messages count as late, not lost.
 async fn drain(load: &RefCell<Load>) {
     let (mut seen, mut since) = (load.borrow().delivered, Instant::now());
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let l = load.borrow();
+        if l.sending > 0 {
+            (seen, since) = (l.delivered, Instant::now());
+            continue;
+        }
         if l.delivered >= l.sent {
             return;
         }
