@@ -11,6 +11,24 @@ import sys
 
 NAMES = {"parley": "Parley", "socketio": "Socket.IO 4", "relay": "floor relay"}
 
+COMMANDS = """## Commands
+
+What `scripts/bench` runs (`PORT` 18600; every server under `taskset -c 0`, every load under `taskset -c 1`):
+
+```sh
+parley agent add bench$i --password bench-password --max-active 100       # i = 0 .. PAIRS-1
+parley serve --listen 127.0.0.1:$PORT --data-dir $FRESH_COPY --tcp-listen '' \\
+  --rate-per-sec 1000 --rate-burst 1000 --max-active 100
+node bench/socketio-relay.js $PORT
+target/release/examples/floor-relay 127.0.0.1:$PORT
+
+parley-bench --target T --server 127.0.0.1:$PORT --pid $SERVER --sources 8 idle --connections $IDLE --hold 10
+parley-bench --target T ... sweep --pairs $PAIRS --rates $RATES --duration $DURATION --out docs/bench-sweep-T.md
+parley-bench ... storm --customers $STORM
+parley-bench ... agent-load --customers 50 --each 1 --duration $DURATION
+```
+"""
+
 
 def main(results_path, out):
     rows = [json.loads(line) for line in open(results_path) if line.strip()]
@@ -106,8 +124,12 @@ def main(results_path, out):
         if os.path.exists(path):
             body = open(path).read().split("\n", 2)[2]
             md.append(f"## Every rate: {NAMES[t]}\n\n{body}")
-    md.append("What each performance fix bought, and where Parley's time goes: "
-              "[performance-log.md](performance-log.md).\n")
+    md.append(COMMANDS)
+    log = "docs/performance-log.md"
+    if os.path.exists(log):
+        # The log's own title gives way to a section of this report.
+        body = open(log).read().split("\n", 1)[1].replace("\n## ", "\n### ")
+        md.append("## What each fix bought, and what stands in the way\n" + body)
     md.append("Raw results (the JSON lines of `parley-bench`):\n\n```json")
     md += [json.dumps(r, sort_keys=True) for r in rows]
     md.append("```\n")

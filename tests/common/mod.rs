@@ -147,6 +147,11 @@ impl Server {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// The server's process id (to read its memory and CPU from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
     /// SIGKILL the process and reap it; the data dir stays.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
