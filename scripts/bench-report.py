@@ -85,14 +85,16 @@ def main(results_path, out):
             cells += [cell(sweeps[t].get(rate), lambda r: r["server_cpu_secs_per_million"]) for t in sweeps]
             for t in ratio_cols:
                 a, b = sweeps["parley"].get(rate), sweeps[t].get(rate)
-                cells.append(f"{a['server_cpu_secs_per_million'] / b['server_cpu_secs_per_million']:.1f}x" if a and b else "-")
+                q = cpu_ratio(a, b) if a and b else None
+                cells.append(f"{q:.1f}x" if q else "-")
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
-        md.append("Highest offered rate each target carried with no loss:\n")
+        md.append("Highest offered rate each target carried (at least 98 % delivered; nothing lost, duplicated or "
+                  "out of order) within a p99 bound:\n")
         md.append("| | p99 <= 10 ms | p99 <= 50 ms | lost, duplicated, out of order (all runs) |\n|---|---|---|---|")
         for t, s in sweeps.items():
             bad = sum(r["lost"] + r["duplicated"] + r["out_of_order"] for r in s.values())
-            md.append(f"| {NAMES[t]} | {best(s, 10)} msg/s | {best(s, 50)} msg/s | {bad} |")
+            md.append(f"| {NAMES[t]} | {best(s, 10)} msg/s offered | {best(s, 50)} msg/s offered | {bad} |")
         md.append("")
 
     idles = [(t, by[(t, "idle")]) for t in targets if (t, "idle") in by]
@@ -156,9 +158,21 @@ def cell(run, f):
     return "-" if run is None else str(f(run))
 
 
+def clean(r):
+    """Nothing lost, duplicated or out of order, and the offered rate carried."""
+    carried = r["delivered_msg_per_sec"] >= 0.98 * r["offered_msg_per_sec"]
+    return carried and r["lost"] == 0 and r["duplicated"] == 0 and r["out_of_order"] == 0
+
+
 def best(s, p99_max):
-    ok = [r["delivered_msg_per_sec"] for r in s.values() if r["latency"]["p99_ms"] <= p99_max and r["lost"] == 0]
-    return f"{max(ok):.0f}" if ok else "0"
+    """The highest offered rate carried cleanly at p99 <= p99_max."""
+    ok = [r["offered_msg_per_sec"] for r in s.values() if r["latency"]["p99_ms"] <= p99_max and clean(r)]
+    return f"{max(ok)}" if ok else "0"
+
+
+def cpu_ratio(a, b):
+    x, y = a.get("server_cpu_secs_per_million"), b.get("server_cpu_secs_per_million")
+    return x / y if x and y else None
 
 
 def targets_rows(by, sweeps):
@@ -171,13 +185,15 @@ def targets_rows(by, sweeps):
     s = sweeps.get("parley")
     if s:
         b10, b50 = float(best(s, 10)), float(best(s, 50))
-        out.append(("conversations: 40,000 msg/s at p99 <= 10 ms", f"{b10:.0f} msg/s at p99 <= 10 ms", b10 >= 40000))
-        out.append(("conversations: 80,000 msg/s at p99 <= 50 ms", f"{b50:.0f} msg/s at p99 <= 50 ms", b50 >= 80000))
+        out.append(("conversations: 40,000 msg/s at p99 <= 10 ms",
+                    f"{b10:.0f} msg/s offered, carried at p99 <= 10 ms", b10 >= 40000))
+        out.append(("conversations: 80,000 msg/s at p99 <= 50 ms",
+                    f"{b50:.0f} msg/s offered, carried at p99 <= 50 ms", b50 >= 80000))
         floor = sweeps.get("relay")
         if floor:
-            common = [r for r in s if r in floor and s[r]["latency"]["p99_ms"] <= 1000]
+            common = [r for r in s if r in floor and s[r]["latency"]["p99_ms"] <= 1000 and cpu_ratio(s[r], floor[r])]
             if common:
-                ratios = [s[r]["server_cpu_secs_per_million"] / floor[r]["server_cpu_secs_per_million"] for r in common]
+                ratios = [cpu_ratio(s[r], floor[r]) for r in common]
                 low = min(ratios)
                 out.append(("server CPU per delivered message <= 1.5 x the floor relay's",
                             f"{low:.1f}x at best ({min(ratios):.1f}x to {max(ratios):.1f}x over "

@@ -19,6 +19,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let cfg = Arc::new(Config::from_args(args)?);
+    // The store's writer must be the database's only writer (it keeps each
+    // open conversation's seq and client ids in memory): one server per data dir.
+    let _lock = lock_data_dir(&cfg.data_dir)?;
     let conn = sqlite::open_admin(&cfg.data_dir)?;
     let mut agents = sqlite::all_agents(&conn).map_err(|e| format!("cannot read agents: {e}"))?;
     if agents.is_empty() {
@@ -35,6 +38,23 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     );
     let system = actix::System::new();
     system.block_on(async move { serve(cfg, signer, agents, open).await })
+}
+
+/// Holds an exclusive lock on `DATA_DIR/parley.lock` for as long as the
+/// returned file is open (the kernel drops it when the process dies, even by
+/// SIGKILL). The `agent` commands do not take it: they may run beside a server.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    let path = dir.join("parley.lock");
+    let file = std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another parley server is using the data dir {}: stop it, or give this one its own --data-dir",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
 }
 
 async fn serve(

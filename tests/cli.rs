@@ -89,3 +89,35 @@ async fn first_start_without_agents_creates_an_admin_that_can_log_in() {
     assert!(!token.is_empty());
     assert_eq!(agent["name"], "admin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_is_refused_with_a_message() {
+    let dir = data_dir();
+    add_agent(dir.path(), "ann", "pw-ann-1", 5);
+    let srv = Server::start_in(&dir, &[]);
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tcp-listen", "", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run a second server");
+    assert!(!out.status.success(), "a second server started: {}", stdout_of(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another parley server is using the data dir"), "{err}");
+    // The first one is untouched, and agent commands still work beside it.
+    login(&srv, "ann", "pw-ann-1").await;
+    let out = cli(dir.path(), &["agent", "list"]);
+    assert!(out.status.success() && stdout_of(&out).contains("ann"), "{}", stdout_of(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_from_a_newer_schema_is_refused_with_a_message() {
+    let dir = data_dir();
+    add_agent(dir.path(), "ann", "pw-ann-1", 5);
+    let db = rusqlite::Connection::open(dir.path().join("parley.db")).expect("open the database");
+    db.pragma_update(None, "user_version", 99).expect("set user_version");
+    drop(db);
+    let out = cli(dir.path(), &["agent", "list"]);
+    assert!(!out.status.success(), "{}", stdout_of(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("schema version 99") && err.contains("newer Parley"), "{err}");
+}

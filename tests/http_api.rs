@@ -178,3 +178,31 @@ async fn http_errors_are_json_code_and_message() {
     .await;
     assert_json_error(s, &b, 413, "too_large");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seq_follows_the_newest_message_while_open_and_after_close_and_rating() {
+    let srv = Server::with_agents(&[ANN], &[]);
+    let mut ann = Client::agent_in(&srv, ANN.0, ANN.1, "support").await;
+    let mut cust = Client::customer(&srv, "Ann").await;
+    let cid = str_of(&cust.open("support").await, "id").to_string();
+    ann.recv_event(&cid, "assigned").await;
+    let token = login(&srv, ANN.0, ANN.1).await;
+    let last_seq_in = |list: Vec<Value>| {
+        list.iter().find(|c| c["id"] == cid.as_str()).map(|c| c["last_seq"].as_u64().unwrap()).expect("listed")
+    };
+
+    cust.say(&cid, "k-1", "one").await;
+    let two = cust.say(&cid, "k-2", "two").await;
+    let open = list_conversations(&srv, &token, "support", "active").await;
+    assert_eq!(last_seq_in(open), u64_of(&two, "seq"), "open: the newest message's seq");
+
+    let closed = cust.call(json!({"type":"close","conversation":cid}), "conversation").await;
+    let closed_seq = closed["conversation"]["last_seq"].as_u64().expect("last_seq");
+    assert!(closed_seq > u64_of(&two, "seq"), "the close event took a seq: {closed}");
+    let list = list_conversations(&srv, &token, "support", "closed").await;
+    assert_eq!(last_seq_in(list), closed_seq, "closed: from the row");
+
+    cust.call(json!({"type":"rate","conversation":cid,"score":5}), "ack").await;
+    let list = list_conversations(&srv, &token, "support", "closed").await;
+    assert_eq!(last_seq_in(list), closed_seq + 1, "the rating event is counted");
+}

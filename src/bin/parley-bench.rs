@@ -404,22 +404,14 @@ fn percentiles(h: &Histogram<u64>) -> Value {
 async fn idle(ctx: &Ctx, n: usize, hold: u64) -> Result<Value, String> {
     let rss0 = ctx.pid.and_then(proc_rss_kib);
     let started = Instant::now();
-    let mut held = Vec::with_capacity(n);
+    let mut readers = Vec::with_capacity(n);
     let mut last = Instant::now();
     for i in 0..n {
-        held.push(match ctx.target {
+        let (mut tx, mut rx) = match ctx.target {
             Target::Parley => customer(ctx, &format!("idle{i}")).await.map(|c| (c.tx, c.rx))?,
             _ => member(ctx, &format!("idle{i}")).await?,
-        });
-        if last.elapsed() > Duration::from_secs(1) {
-            eprintln!("idle: {} of {n} connected", i + 1);
-            last = Instant::now();
-        }
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
-    // Keep reading (and so answering pings) while holding.
-    let mut readers = Vec::new();
-    for (mut tx, mut rx) in held.drain(..) {
+        };
+        // Keep reading (and so answering pings) from the moment it is connected.
         readers.push(tokio::task::spawn_local(async move {
             while let Some(Ok(m)) = rx.next().await {
                 // An Engine.IO ping; tungstenite answers WebSocket pings itself.
@@ -428,7 +420,12 @@ async fn idle(ctx: &Ctx, n: usize, hold: u64) -> Result<Value, String> {
                 }
             }
         }));
+        if last.elapsed() > Duration::from_secs(1) {
+            eprintln!("idle: {} of {n} connected", i + 1);
+            last = Instant::now();
+        }
     }
+    let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu0 = ctx.pid.and_then(proc_cpu_secs);
     tokio::time::sleep(Duration::from_secs(hold)).await;

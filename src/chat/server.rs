@@ -593,6 +593,10 @@ impl ChatServer {
             (Pending::Send { reply, .. }, Ok(WriteOutcome::Done)) => self.reply_error(reply, ApiError::internal()),
             (Pending::Send { reply, .. }, Err(e)) => self.reply_error(reply, e.into()),
             (Pending::Change { reply, conv, also, .. }, Ok(outcome)) => {
+                // The snapshot's last_seq counts the change's own event.
+                if let (WriteOutcome::Appended { message, .. }, Some(c)) = (&outcome, self.convs.get_mut(&conv)) {
+                    c.last_seq = c.last_seq.max(message.seq);
+                }
                 let Some(snap) = self.snapshot(&conv) else { return };
                 let mut aud = self.audience(&self.convs[&conv], true);
                 if let Some(a) = &also {
@@ -614,9 +618,6 @@ impl ChatServer {
                     c.pushed_position = snap.queue_position;
                 }
                 if let WriteOutcome::Appended { message, .. } = outcome {
-                    if let Some(c) = self.convs.get_mut(&conv) {
-                        c.last_seq = c.last_seq.max(message.seq);
-                    }
                     let f = Out::Message { message: &message }.encode();
                     self.send_many(&aud, &f);
                     let kind = match message.event.as_ref().and_then(|e| e["name"].as_str()) {

@@ -7,8 +7,9 @@
 //!   its batch is durable, and completions arrive in submission order.
 //! - A message's `seq` is assigned by the store inside the committing
 //!   transaction: per conversation 1, 2, 3, … with no gaps.
-//! - A text or note repeated by the same sender with the same `client_id` is
-//!   not stored again: the completion carries the original, `duplicate: true`.
+//! - A text or note repeated by the same sender with the same `client_id` in
+//!   the same conversation (a retry) is not stored again: the completion
+//!   carries the original, `duplicate: true`.
 //! - Read markers only move forward.
 //! - A failed write applied nothing.
 
@@ -91,7 +92,7 @@ pub enum WriteOp {
     /// Stores a new conversation.
     CreateConversation(ConvRow),
     /// Appends a message. Texts and notes: `conflict` if the conversation is
-    /// closed, `not_found` if it does not exist; deduplicated on (sender, client_id).
+    /// closed, `not_found` if it does not exist; deduplicated on (conversation, sender, client_id).
     Append(NewMessage),
     /// Sets status, assignee and queue time, and appends the event, atomically.
     Update { status: ConvStatus, agent: Option<User>, queued_at: Ts, event: NewMessage },

@@ -73,6 +73,12 @@ pub fn open_admin(data_dir: &Path) -> Result<Connection, String> {
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "the database has schema version {version}, written by a newer Parley; this one knows up to {}",
+            MIGRATIONS.len()
+        )));
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
@@ -93,6 +99,8 @@ impl SqliteStore {
         let path = data_dir.join("parley.db");
         let conn = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let ckpt = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // The checkpoint thread never waits for a lock: it tries again next time.
+        ckpt.busy_timeout(std::time::Duration::ZERO).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let (tx, rx) = std_mpsc::channel();
         // The checkpoint thread lives as long as the writer holds `alive`.
         let (alive, writer_gone) = std_mpsc::channel::<()>();
@@ -151,8 +159,10 @@ fn checkpoint_loop(conn: Connection, writer_gone: std_mpsc::Receiver<()>) {
         match checkpoint("PASSIVE") {
             // Under steady writes a passive checkpoint never sees the end of the
             // WAL, so it would grow until the writer's own checkpoint. A restart
-            // checkpoint holds the writer only while it copies the few pages
-            // written since the passive one, then the WAL starts over.
+            // checkpoint takes the write lock when it is free (with no busy
+            // wait, it gives up at once otherwise), copies the few pages written
+            // since the passive one, and the WAL starts over once no reader
+            // still uses it.
             Ok(frames) if frames > RESTART_PAGES => {
                 if let Err(e) = checkpoint("RESTART") {
                     log::debug!("store: restart checkpoint skipped: {e}");
@@ -182,6 +192,10 @@ type SeqCache = HashMap<String, ConvSeq>;
 
 /// Conversations the writer keeps in memory before starting afresh.
 const MAX_CACHED_CONVS: usize = 50_000;
+/// Client ids (about 100 bytes each) the writer keeps before starting afresh.
+const MAX_CACHED_CLIENT_IDS: usize = 2_000_000;
+/// Groups between two counts of the cached client ids.
+const CACHE_CHECK_EVERY: u32 = 1024;
 
 /// A retry is the same sender's same `client_id` in the same conversation.
 fn client_key(sender_id: &str, client_id: &str) -> String {
@@ -190,8 +204,14 @@ fn client_key(sender_id: &str, client_id: &str) -> String {
 
 fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, done: UnboundedSender<Vec<Completion>>) {
     let mut seqs = SeqCache::new();
+    let mut groups = 0u32;
     while let Ok(first) = rx.recv() {
-        if seqs.len() > MAX_CACHED_CONVS {
+        groups = groups.wrapping_add(1);
+        if seqs.len() > MAX_CACHED_CONVS
+            || (groups.is_multiple_of(CACHE_CHECK_EVERY)
+                && seqs.values().map(|c| c.client_ids.len()).sum::<usize>() > MAX_CACHED_CLIENT_IDS)
+        {
+            // Open conversations are read back from their rows as they are used.
             seqs.clear();
         }
         let completions = commit_group(&mut conn, &mut seqs, first, &rx);
@@ -308,6 +328,9 @@ fn apply(
             let conv = conv_seq(tx, seqs, &m.conversation)?;
             // A retry gets the original ack, even after the conversation closed.
             if let Some(message) = original(tx, conv.as_deref(), m)? {
+                if conv.is_some_and(|c| c.closed) {
+                    seqs.remove(&m.conversation);
+                }
                 return Ok(Ok(WriteOutcome::Appended { message, duplicate: true }));
             }
             let Some(conv) = conv else {
@@ -321,6 +344,12 @@ fn apply(
             conv.last_seq = seq;
             if let Some(cid) = &m.client_id {
                 conv.client_ids.insert(client_key(&m.from.id, cid), seq);
+            }
+            if conv.closed {
+                // Readers take a closed conversation's last seq from its row.
+                tx.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")?
+                    .execute(params![m.conversation, seq as i64])?;
+                seqs.remove(&m.conversation);
             }
             Ok(Ok(WriteOutcome::Appended { message: m.clone().with_seq(seq), duplicate: false }))
         }
@@ -377,9 +406,8 @@ fn apply(
             )?
             .execute(params![event.conversation, *score as i64, comment, seq as i64])?;
             insert_message(tx, event, seq)?;
-            if let Some(c) = seqs.get_mut(&event.conversation) {
-                c.last_seq = seq;
-            }
+            // Only closed conversations are rated: it need not stay cached.
+            seqs.remove(&event.conversation);
             Ok(Ok(WriteOutcome::Appended { message: event.clone().with_seq(seq), duplicate: false }))
         }
         WriteOp::Read { conversation, user_id, seq } => {
@@ -434,10 +462,14 @@ fn message_from_row(r: &Row) -> rusqlite::Result<Message> {
     })
 }
 
-/// A conversation's last seq is its newest message's: the writer does not
-/// update the conversation row for every message.
+/// A conversation's last seq: an open one's is its newest message's (the
+/// writer does not update the row for every message); a closed one's row
+/// holds it (set by the close and anything after), so a long list of closed
+/// conversations costs no lookup per row.
 const CONV_COLS: &str = "id, room, status, customer_id, customer_name, agent_id, agent_name, created_at, queued_at,
-    (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = conversations.id), rating";
+    CASE WHEN status = 'closed' THEN last_seq
+         ELSE (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = conversations.id) END,
+    rating";
 
 fn conv_from_row(r: &Row) -> rusqlite::Result<ConvRow> {
     let status: String = r.get(2)?;
