@@ -87,25 +87,9 @@ fn parley_with_bench_agents(n: usize) -> Server {
 #[test]
 fn conversations_against_parley_count_acks_and_deliveries() {
     let srv = parley_with_bench_agents(3);
-    let pid = srv.pid().to_string();
-    let (code, v, err) = bench(&[
-        "--server",
-        &srv.addr,
-        "--pid",
-        &pid,
-        "conversations",
-        "--pairs",
-        "3",
-        "--rate",
-        "300",
-        "--duration",
-        "2",
-    ]);
-    assert_eq!(code, 0, "{v} {err}");
-    assert_clean_run(&v, "parley");
+    let v = small_conversations("parley", &srv.addr, srv.pid());
     assert_eq!(v["acked"], v["sent"], "{v}");
     assert_eq!(v["ack_latency"]["count"], v["sent"], "{v}");
-    assert!(err.contains("sent "), "a progress line every second: {err}");
 }
 
 #[test]
@@ -183,21 +167,15 @@ fn missing_bench_accounts_are_named_in_the_error() {
     assert!(v["error"].as_str().unwrap().contains("parley agent add bench0"), "{v}");
 }
 
-#[test]
-fn floor_relay_target_relays_within_rooms() {
-    let exe = Path::new(BIN).parent().unwrap().join("examples").join("floor-relay");
-    assert!(exe.exists(), "{} is missing: build it with `cargo build --examples`", exe.display());
-    let port = free_port();
-    let mut cmd = Command::new(exe);
-    cmd.arg(format!("127.0.0.1:{port}"));
-    let relay = Relay::start(cmd);
-    let addr = format!("127.0.0.1:{port}");
-    let pid = relay.0.id().to_string();
+/// A small `conversations` run (3 pairs, 300 msg/s for 1 s) of `target` at
+/// `addr`, the server being process `pid`; checked by [`assert_clean_run`].
+fn small_conversations(target: &str, addr: &str, pid: u32) -> Value {
+    let pid = pid.to_string();
     let (code, v, err) = bench(&[
         "--target",
-        "relay",
+        target,
         "--server",
-        &addr,
+        addr,
         "--pid",
         &pid,
         "conversations",
@@ -209,9 +187,23 @@ fn floor_relay_target_relays_within_rooms() {
         "1",
     ]);
     assert_eq!(code, 0, "{v} {err}");
-    assert_clean_run(&v, "relay");
+    assert_clean_run(&v, target);
+    assert!(err.contains("sent "), "a progress line every second: {err}");
+    v
+}
+
+#[test]
+fn floor_relay_target_relays_within_rooms() {
+    let exe = Path::new(BIN).parent().unwrap().join("examples").join("floor-relay");
+    assert!(exe.exists(), "{} is missing: build it with `cargo build --examples`", exe.display());
+    let port = free_port();
+    let mut cmd = Command::new(exe);
+    cmd.arg(format!("127.0.0.1:{port}"));
+    let relay = Relay::start(cmd);
+    let v = small_conversations("relay", &format!("127.0.0.1:{port}"), relay.0.id());
     assert!(v["ack_latency"].is_null(), "a relay has no acks: {v}");
 
+    let addr = format!("127.0.0.1:{port}");
     let (code, v, _) = bench(&["--target", "relay", "--server", &addr, "storm", "--customers", "1"]);
     assert_eq!(code, 1, "{v}");
     assert!(v["error"].as_str().unwrap().contains("need Parley"), "{v}");
@@ -228,26 +220,9 @@ fn socketio_target_speaks_engine_io() {
     let mut cmd = Command::new("node");
     cmd.arg(dir.join("socketio-relay.js")).arg(port.to_string());
     let relay = Relay::start(cmd);
-    let addr = format!("127.0.0.1:{port}");
-    let pid = relay.0.id().to_string();
-    let (code, v, err) = bench(&[
-        "--target",
-        "socketio",
-        "--server",
-        &addr,
-        "--pid",
-        &pid,
-        "conversations",
-        "--pairs",
-        "3",
-        "--rate",
-        "300",
-        "--duration",
-        "1",
-    ]);
-    assert_eq!(code, 0, "{v} {err}");
-    assert_clean_run(&v, "socketio");
+    small_conversations("socketio", &format!("127.0.0.1:{port}"), relay.0.id());
 
+    let (addr, pid) = (format!("127.0.0.1:{port}"), relay.0.id().to_string());
     let (code, v, err) = bench(&[
         "--target",
         "socketio",

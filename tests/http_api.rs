@@ -99,14 +99,21 @@ async fn get_messages_pages_with_after_seq_and_limit() {
     assert_json_error(s, &b, 401, "unauthorized");
 }
 
+/// Agent ANN in `support` with a customer's conversation assigned to her, and
+/// her HTTP token: (agent, customer, conversation id, token).
+async fn assigned_with_token(srv: &Server) -> (Client, Client, String, String) {
+    let mut ann = Client::agent_in(srv, ANN.0, ANN.1, "support").await;
+    let mut cust = Client::customer(srv, "Ann").await;
+    let cid = str_of(&cust.open("support").await, "id").to_string();
+    ann.recv_event(&cid, "assigned").await;
+    let token = login(srv, ANN.0, ANN.1).await;
+    (ann, cust, cid, token)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_message_is_idempotent_and_reaches_the_customer_over_websocket() {
     let srv = Server::with_agents(&[ANN], &[]);
-    let mut ann = Client::agent_in(&srv, ANN.0, ANN.1, "support").await;
-    let mut cust = Client::customer(&srv, "Ann").await;
-    let cid = str_of(&cust.open("support").await, "id").to_string();
-    ann.recv_event(&cid, "assigned").await;
-    let token = login(&srv, ANN.0, ANN.1).await;
+    let (mut ann, mut cust, cid, token) = assigned_with_token(&srv).await;
     let path = format!("/api/conversations/{cid}/messages");
     let body = json!({"client_id":"h-1","body":"Hello from the API","internal":false});
     let (s, first) = post_json(&srv, &path, Some(&token), &body).await;
@@ -182,11 +189,7 @@ async fn http_errors_are_json_code_and_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_seq_follows_the_newest_message_while_open_and_after_close_and_rating() {
     let srv = Server::with_agents(&[ANN], &[]);
-    let mut ann = Client::agent_in(&srv, ANN.0, ANN.1, "support").await;
-    let mut cust = Client::customer(&srv, "Ann").await;
-    let cid = str_of(&cust.open("support").await, "id").to_string();
-    ann.recv_event(&cid, "assigned").await;
-    let token = login(&srv, ANN.0, ANN.1).await;
+    let (_ann, mut cust, cid, token) = assigned_with_token(&srv).await;
     let last_seq_in = |list: Vec<Value>| {
         list.iter().find(|c| c["id"] == cid.as_str()).map(|c| c["last_seq"].as_u64().unwrap()).expect("listed")
     };
