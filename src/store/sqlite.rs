@@ -149,8 +149,9 @@ impl SqliteStore {
 }
 
 /// Copies committed WAL pages into the database every [`CHECKPOINT_EVERY`]
-/// without blocking the writer or readers (a passive checkpoint), so the WAL
-/// restarts from its beginning whenever the checkpoint has caught up.
+/// beside the writer and readers (a passive checkpoint); once the WAL is
+/// long, a restart checkpoint holds the writer for the last few pages so the
+/// WAL starts over from its beginning.
 fn checkpoint_loop(conn: Connection, writer_gone: std_mpsc::Receiver<()>) {
     let checkpoint = |mode: &str| -> rusqlite::Result<i64> {
         conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1))
