@@ -69,7 +69,7 @@ def main(results_path, out):
     if sweeps:
         md.append("## Conversations: Parley beside Socket.IO and the floor\n")
         md.append(
-            f"{pairs_count(by)} conversations, {by_duration(by)} s per rate, each two clients sending to each other at an equal share of the "
+            f"{sweep_setting(by, 'pairs')} conversations, {sweep_setting(by, 'duration_secs')} s per rate, each two clients sending to each other at an equal share of the "
             f"offered total, 64-byte bodies. p99 is end to end (sender's clock to receiver, one machine). "
             "A dash: that target was already saturated at a lower rate.\n"
         )
@@ -146,12 +146,9 @@ def node_version():
         return "?"
 
 
-def pairs_count(by):
-    return next((r["pairs"] for (_, m), r in by.items() if m == "sweep"), "?")
-
-
-def by_duration(by):
-    return next((r["duration_secs"] for (_, m), r in by.items() if m == "sweep"), "?")
+def sweep_setting(by, key):
+    """A setting shared by every sweep of the run (pairs, duration_secs)."""
+    return next((r[key] for (_, m), r in by.items() if m == "sweep"), "?")
 
 
 def cell(run, f):

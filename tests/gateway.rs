@@ -126,19 +126,7 @@ impl Gw {
     }
 
     fn recent(&self) -> String {
-        let n = self.log.len();
-        let tail: Vec<String> = self.log[n.saturating_sub(8)..]
-            .iter()
-            .map(|v| {
-                let s = v.to_string();
-                if s.len() > 300 {
-                    format!("{}…", &s[..300])
-                } else {
-                    s
-                }
-            })
-            .collect();
-        format!("last frames: [{}]", tail.join(", "))
+        recent_frames(&self.log)
     }
 
     /// Read one complete frame off the socket (nothing else).

@@ -288,12 +288,16 @@ fn conv_seq<'a>(
     Ok(seqs.get_mut(id))
 }
 
-/// The message already stored for this sender's `client_id` in this conversation, if any.
-fn original(tx: &rusqlite::Transaction, conv: Option<&ConvSeq>, m: &NewMessage) -> rusqlite::Result<Option<Message>> {
-    let (Some(conv), Some(cid)) = (conv, &m.client_id) else { return Ok(None) };
-    let Some(seq) = conv.client_ids.get(&client_key(&m.from.id, cid)) else { return Ok(None) };
+/// The message already stored under `key` (see [`client_key`]) in this conversation, if any.
+fn original(
+    tx: &rusqlite::Transaction,
+    conv: Option<&ConvSeq>,
+    key: Option<&String>,
+    conversation: &str,
+) -> rusqlite::Result<Option<Message>> {
+    let Some(seq) = conv.zip(key).and_then(|(c, k)| c.client_ids.get(k)) else { return Ok(None) };
     tx.prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"))?
-        .query_row(params![m.conversation, *seq as i64], message_from_row)
+        .query_row(params![conversation, *seq as i64], message_from_row)
         .optional()
 }
 
@@ -327,8 +331,9 @@ fn apply(
         }
         WriteOp::Append(m) => {
             let conv = conv_seq(tx, seqs, &m.conversation)?;
+            let key = m.client_id.as_ref().map(|cid| client_key(&m.from.id, cid));
             // A retry gets the original ack, even after the conversation closed.
-            if let Some(message) = original(tx, conv.as_deref(), m)? {
+            if let Some(message) = original(tx, conv.as_deref(), key.as_ref(), &m.conversation)? {
                 if conv.is_some_and(|c| c.closed) {
                     seqs.remove(&m.conversation);
                 }
@@ -343,8 +348,8 @@ fn apply(
             let seq = conv.last_seq + 1;
             insert_message(tx, m, seq)?;
             conv.last_seq = seq;
-            if let Some(cid) = &m.client_id {
-                conv.client_ids.insert(client_key(&m.from.id, cid), seq);
+            if let Some(key) = key {
+                conv.client_ids.insert(key, seq);
             }
             if conv.closed {
                 // Readers take a closed conversation's last seq from its row.

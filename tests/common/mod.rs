@@ -306,6 +306,21 @@ pub fn ensure_ref(v: &mut Value, next: &mut u64, prefix: &str) -> String {
     r
 }
 
+/// The last 8 frames of a log, each cut at 300 characters, for failure messages.
+pub fn recent_frames(log: &[Value]) -> String {
+    let tail: Vec<String> = log[log.len().saturating_sub(8)..]
+        .iter()
+        .map(|v| {
+            let s = v.to_string();
+            match s.char_indices().nth(300) {
+                Some((i, _)) => format!("{}…", &s[..i]),
+                None => s,
+            }
+        })
+        .collect();
+    format!("last frames: [{}]", tail.join(", "))
+}
+
 pub fn is_type(v: &Value, t: &str) -> bool {
     v["type"] == t
 }
@@ -437,19 +452,7 @@ impl Client {
     // -- receiving ---------------------------------------------------------
 
     fn recent(&self) -> String {
-        let n = self.log.len();
-        let tail: Vec<String> = self.log[n.saturating_sub(8)..]
-            .iter()
-            .map(|v| {
-                let s = v.to_string();
-                if s.len() > 300 {
-                    format!("{}…", &s[..s.char_indices().nth(300).map(|(i, _)| i).unwrap_or(s.len())])
-                } else {
-                    s
-                }
-            })
-            .collect();
-        format!("last frames: [{}]", tail.join(", "))
+        recent_frames(&self.log)
     }
 
     /// Next new frame from the socket (not from `pending`), or None on timeout.
