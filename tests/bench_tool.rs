@@ -90,6 +90,8 @@ fn conversations_against_parley_count_acks_and_deliveries() {
     let v = small_conversations("parley", &srv.addr, srv.pid());
     assert_eq!(v["acked"], v["sent"], "{v}");
     assert_eq!(v["ack_latency"]["count"], v["sent"], "{v}");
+    // Read from the server's commit counters in /metrics: every message is a write.
+    assert!(v["store_writes_per_commit"].as_f64().is_some_and(|w| w >= 1.0), "{v}");
 }
 
 #[test]

@@ -200,6 +200,17 @@ struct Ctx {
     tokens: RefCell<HashMap<String, String>>,
 }
 
+/// Parley's store commits and writes so far, from `GET /metrics` (None on a relay).
+async fn store_counters(ctx: &Ctx) -> Option<(u64, u64)> {
+    if ctx.target != Target::Parley {
+        return None;
+    }
+    let text = reqwest::get(format!("http://{}/metrics", ctx.server)).await.ok()?.text().await.ok()?;
+    let value =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).map(|v| v as u64);
+    Some((value("parley_store_commits_total ")?, value("parley_store_writes_total ")?))
+}
+
 async fn check_reachable(ctx: &Ctx) -> Result<(), String> {
     match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(ctx.server)).await {
         Ok(Ok(_)) => Ok(()),
@@ -461,6 +472,8 @@ struct Load {
     duplicated: u64,
     out_of_order: u64,
     errors: u64,
+    /// The first `error` frame the server sent, to say what went wrong.
+    first_error: Option<String>,
     e2e: Histogram<u64>,
     ack: Histogram<u64>,
     /// When the first message was sent and the last one arrived, µs since `epoch`.
@@ -480,6 +493,7 @@ impl Load {
             duplicated: 0,
             out_of_order: 0,
             errors: 0,
+            first_error: None,
             e2e: hist(),
             ack: hist(),
             first_send: None,
@@ -516,7 +530,15 @@ async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
             // Highest seq seen per conversation (an agent side may hold many).
             let mut last_seq: HashMap<String, u64> = HashMap::new();
             while let Some(Ok(m)) = rx.next().await {
-                let Message::Text(t) = m else { continue };
+                let t = match m {
+                    Message::Text(t) => t,
+                    Message::Close(c) => {
+                        let why = c.map_or("no code".to_string(), |c| format!("{} {}", c.code, c.reason));
+                        load.borrow_mut().first_error.get_or_insert_with(|| format!("closed by the server: {why}"));
+                        break;
+                    }
+                    _ => continue,
+                };
                 match target {
                     Target::Parley => on_parley_frame(&t, &mut load.borrow_mut(), &pending, &mut last_seq),
                     Target::Relay => on_relay_body(&t, &mut load.borrow_mut(), &mut last_seq),
@@ -633,7 +655,10 @@ fn on_parley_frame(
             let body = v["message"]["body"].as_str().unwrap_or_default();
             on_delivery(l, last_seq.entry(conv.to_string()).or_insert(0), seq, body);
         }
-        Some("error") => l.errors += 1,
+        Some("error") => {
+            l.errors += 1;
+            l.first_error.get_or_insert_with(|| t.to_string());
+        }
         _ => {}
     }
 }
@@ -693,6 +718,14 @@ struct End {
 /// or on a relay, rooms of two members.
 async fn make_pairs(ctx: &Ctx, offset: usize, n: usize, a: &AgentAccounts) -> Result<Vec<(End, End)>, String> {
     let mut pairs = Vec::with_capacity(n);
+    if ctx.target == Target::Parley {
+        // Log every agent in first (a password check each, the slow part), so
+        // no connection sits unread through the setup: one that misses three
+        // heartbeats is closed by the server.
+        for i in offset..offset + n {
+            login(ctx, &format!("{}{i}", a.agent_prefix), &a.agent_password).await?;
+        }
+    }
     for i in offset..offset + n {
         pairs.push(match ctx.target {
             Target::Parley => {
@@ -728,6 +761,7 @@ async fn run_load(
     let per_sec = rate as f64 / (2 * pairs.len().max(1)) as f64;
     let cpu0 = ctx.pid.and_then(proc_cpu_secs);
     let own0 = proc_cpu_secs(std::process::id());
+    let store0 = store_counters(ctx).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     let target = ctx.target;
@@ -747,6 +781,11 @@ async fn run_load(
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    // Writes per SQLite commit (each commit is one fsync) during the run.
+    let writes_per_commit = match (store0, store_counters(ctx).await) {
+        (Some((c0, w0)), Some((c1, w1))) if c1 > c0 => Some(round3((w1 - w0) as f64 / (c1 - c0) as f64)),
+        _ => None,
+    };
     let l = load.borrow();
     // Delivered rate: from the first send to the last arrival.
     let secs = l.last_delivery.saturating_sub(l.first_send.unwrap_or(0)) as f64 / 1e6;
@@ -763,9 +802,11 @@ async fn run_load(
         "sent": l.sent, "acked": l.acked, "delivered": l.delivered,
         "delivered_msg_per_sec": (l.delivered as f64 / secs.max(0.001)).round(),
         "lost": lost, "duplicated": l.duplicated, "out_of_order": l.out_of_order, "errors": l.errors,
+        "first_error": l.first_error,
         "latency": percentiles(&l.e2e),
         "ack_latency": if target == Target::Parley { percentiles(&l.ack) } else { Value::Null },
         "server_cpu_secs": cpu.map(round3),
+        "store_writes_per_commit": writes_per_commit,
         "server_cpu_secs_per_million": cpu.map(|c| round3(c / (l.delivered.max(1) as f64) * 1e6)),
         // The load generator's own share of its core: near 1.0, it, not the server, is the limit.
         "load_cpu_fraction": match (own0, proc_cpu_secs(std::process::id())) {
@@ -956,13 +997,13 @@ fn sweep_report(target: Target, a: &ConvArgs, rows: &[Value], svg: &str) -> Stri
     );
     md.push_str(
         "| offered msg/s | delivered msg/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | dup | ooo \
-         | server CPU-s per million | load core busy |\n",
+         | server CPU-s per million | load core busy | store writes per commit |\n",
     );
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let l = &r["latency"];
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["offered_msg_per_sec"],
             r["delivered_msg_per_sec"],
             l["p50_ms"],
@@ -974,7 +1015,8 @@ fn sweep_report(target: Target, a: &ConvArgs, rows: &[Value], svg: &str) -> Stri
             r["duplicated"],
             r["out_of_order"],
             r["server_cpu_secs_per_million"],
-            r["load_cpu_fraction"]
+            r["load_cpu_fraction"],
+            r["store_writes_per_commit"].as_f64().map_or("-".to_string(), |w| w.to_string())
         ));
     }
     md.push_str(&format!("\n![Latency percentiles against offered load]({svg})\n"));

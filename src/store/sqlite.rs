@@ -16,6 +16,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How long a group waits for more writes once writes come faster than the
+/// store commits them.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(500);
 /// How long a connection waits for a lock held by another process (the CLI), ms.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Reader connections kept open for reuse.
@@ -206,6 +209,7 @@ fn client_key(sender_id: &str, client_id: &str) -> String {
 fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, done: UnboundedSender<Vec<Completion>>) {
     let mut seqs = SeqCache::new();
     let mut groups = 0u32;
+    let mut last_group = 0;
     while let Ok(first) = rx.recv() {
         groups = groups.wrapping_add(1);
         if seqs.len() > MAX_CACHED_CONVS
@@ -215,7 +219,14 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, don
             // Open conversations are read back from their rows as they are used.
             seqs.clear();
         }
-        let completions = commit_group(&mut conn, &mut seqs, first, &rx);
+        // Under load (the last group held more than one write), wait a little
+        // for more writes before committing: one commit then carries many.
+        let gather = (last_group > 1).then(|| std::time::Instant::now() + GATHER);
+        let completions = commit_group(&mut conn, &mut seqs, first, &rx, gather);
+        last_group = completions.len();
+        let c = crate::http::metrics::counters();
+        c.store_commits.inc();
+        c.store_writes.inc_by(last_group as u64);
         if done.send(completions).is_err() {
             break; // the server is gone
         }
@@ -223,23 +234,29 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, don
 }
 
 /// Applies `first` and every write that arrives while the group is being
-/// applied (up to [`MAX_BATCH`]), in one transaction with one fsync: under
-/// load the groups grow and share the cost of a commit, while a write that
-/// arrives alone on an idle store commits at once. Ops check before they
-/// write, so a refused op (conflict, not found) writes nothing; a database
-/// failure fails the whole group, which is rolled back.
+/// applied, or until `gather` when given (up to [`MAX_BATCH`]), in one
+/// transaction with one fsync: under load the groups grow and share the cost
+/// of a commit, while a write that arrives alone on an idle store commits at
+/// once. Ops check before they write, so a refused op (conflict, not found)
+/// writes nothing; a database failure fails the whole group, which is rolled
+/// back.
 fn commit_group(
     conn: &mut Connection,
     seqs: &mut SeqCache,
     first: (u64, WriteOp),
     rx: &std_mpsc::Receiver<(u64, WriteOp)>,
+    gather: Option<std::time::Instant>,
 ) -> Vec<Completion> {
     let mut tokens = vec![first.0];
     let mut run = |tokens: &mut Vec<u64>| -> rusqlite::Result<Vec<Result<WriteOutcome, StoreError>>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = vec![apply(&tx, seqs, &first.1)?];
         while out.len() < MAX_BATCH {
-            let Ok((token, op)) = rx.try_recv() else { break };
+            let next = match gather {
+                Some(until) => rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())).ok(),
+                None => rx.try_recv().ok(),
+            };
+            let Some((token, op)) = next else { break };
             tokens.push(token);
             out.push(apply(&tx, seqs, &op)?);
         }
