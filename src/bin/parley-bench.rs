@@ -475,6 +475,8 @@ struct Load {
     /// The first `error` frame the server sent, to say what went wrong.
     first_error: Option<String>,
     e2e: Histogram<u64>,
+    /// End-to-end latency since the last progress line.
+    recent: Histogram<u64>,
     ack: Histogram<u64>,
     /// When the first message was sent and the last one arrived, µs since `epoch`.
     first_send: Option<u64>,
@@ -495,6 +497,7 @@ impl Load {
             errors: 0,
             first_error: None,
             e2e: hist(),
+            recent: hist(),
             ack: hist(),
             first_send: None,
             last_delivery: 0,
@@ -681,6 +684,7 @@ fn on_delivery(l: &mut Load, last: &mut u64, seq: u64, body: &str) {
     if let Some(t0) = body.split(':').nth(1).and_then(|s| s.parse::<u64>().ok()) {
         let now = l.micros();
         let _ = l.e2e.record(now.saturating_sub(t0).max(1));
+        let _ = l.recent.record(now.saturating_sub(t0).max(1));
         l.delivered += 1;
         l.last_delivery = now;
     }
@@ -819,15 +823,18 @@ async fn run_load(
 async fn progress(load: Rc<RefCell<Load>>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let l = load.borrow();
+        let mut l = load.borrow_mut();
         eprintln!(
-            "  sent {} acked {} delivered {} p99 {:.2} ms errors {}",
+            "  sent {} acked {} delivered {} p99 {:.2} ms (last second: p99 {:.2} max {:.2}) errors {}",
             l.sent,
             l.acked,
             l.delivered,
             l.e2e.value_at_quantile(0.99) as f64 / 1000.0,
+            l.recent.value_at_quantile(0.99) as f64 / 1000.0,
+            l.recent.max() as f64 / 1000.0,
             l.errors
         );
+        l.recent.reset();
     }
 }
 
