@@ -165,3 +165,34 @@ async fn after_restart_an_absent_agents_conversations_return_to_the_queue() {
     let active = list_conversations(&srv, &token, "support", "active").await;
     assert!(active.iter().any(|c| c["id"] == amys["id"] && c["agent"]["name"] == "amy"), "{active:?}");
 }
+
+/// Another process (here: a second SQLite connection, as the `agent` commands
+/// are) holding the database's write lock makes a send wait, not fail: the
+/// ack comes once the lock is released, and the message is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_waits_for_a_write_lock_held_elsewhere_then_is_acked() {
+    let dir = data_dir();
+    let srv = Server::start_in(&dir, &[]);
+    let mut cust = Client::customer(&srv, "Ann").await;
+    let cid = str_of(&cust.open("support").await, "id").to_string();
+    cust.settle(std::time::Duration::from_millis(200)).await;
+
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let db_path = dir.path().join("parley.db");
+    let holder = std::thread::spawn(move || {
+        let mut db = rusqlite::Connection::open(db_path).expect("open the database");
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).expect("take the write lock");
+        locked_tx.send(()).expect("signal");
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        tx.rollback().expect("release the write lock");
+        std::time::Instant::now()
+    });
+    locked_rx.recv().expect("the lock is held");
+    let ack = cust.say(&cid, "w-1", "written after the lock").await;
+    let acked_at = std::time::Instant::now();
+    let released_at = holder.join().expect("lock holder");
+    assert!(acked_at >= released_at, "acked while another connection held the write lock: {ack}");
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let h = cust.sync(&cid, 0, None).await;
+    assert!(h["messages"].as_array().expect("messages").iter().any(|m| m["body"] == "written after the lock"), "{h}");
+}
