@@ -94,7 +94,7 @@ def main(results_path, out):
         md.append("| | p99 <= 10 ms | p99 <= 50 ms | lost, duplicated, out of order (all runs) |\n|---|---|---|---|")
         for t, s in sweeps.items():
             bad = sum(r["lost"] + r["duplicated"] + r["out_of_order"] for r in s.values())
-            md.append(f"| {NAMES[t]} | {best(s, 10)} msg/s offered | {best(s, 50)} msg/s offered | {bad} |")
+            md.append(f"| {NAMES[t]} | {carried(s, 10)} | {carried(s, 50)} | {bad} |")
         md.append("")
 
     idles = [(t, by[(t, "idle")]) for t in targets if (t, "idle") in by]
@@ -164,7 +164,16 @@ def clean(r):
 def best(s, p99_max):
     """The highest offered rate carried cleanly at p99 <= p99_max."""
     ok = [r["offered_msg_per_sec"] for r in s.values() if r["latency"]["p99_ms"] <= p99_max and clean(r)]
-    return f"{max(ok)}" if ok else "0"
+    return max(ok) if ok else None
+
+
+def carried(s, p99_max):
+    """`best` in words: a rate, or why there is none."""
+    b = best(s, p99_max)
+    if b is not None:
+        return f"{b} msg/s offered"
+    low = min(s, key=lambda r: s[r]["offered_msg_per_sec"])
+    return f"none of the rates (at {s[low]['offered_msg_per_sec']} msg/s: p99 {s[low]['latency']['p99_ms']} ms)"
 
 
 def cpu_ratio(a, b):
@@ -181,11 +190,10 @@ def targets_rows(by, sweeps):
                     f"{kib} KiB at {idle['connections']}", kib <= 6))
     s = sweeps.get("parley")
     if s:
-        b10, b50 = float(best(s, 10)), float(best(s, 50))
         out.append(("conversations: 40,000 msg/s at p99 <= 10 ms",
-                    f"{b10:.0f} msg/s offered, carried at p99 <= 10 ms", b10 >= 40000))
+                    f"carried at p99 <= 10 ms: {carried(s, 10)}", (best(s, 10) or 0) >= 40000))
         out.append(("conversations: 80,000 msg/s at p99 <= 50 ms",
-                    f"{b50:.0f} msg/s offered, carried at p99 <= 50 ms", b50 >= 80000))
+                    f"carried at p99 <= 50 ms: {carried(s, 50)}", (best(s, 50) or 0) >= 80000))
         floor = sweeps.get("relay")
         if floor:
             common = [r for r in s if r in floor and s[r]["latency"]["p99_ms"] <= 1000 and cpu_ratio(s[r], floor[r])]
