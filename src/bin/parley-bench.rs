@@ -683,8 +683,9 @@ fn on_delivery(l: &mut Load, last: &mut u64, seq: u64, body: &str) {
     *last = (*last).max(seq);
     if let Some(t0) = body.split(':').nth(1).and_then(|s| s.parse::<u64>().ok()) {
         let now = l.micros();
-        let _ = l.e2e.record(now.saturating_sub(t0).max(1));
-        let _ = l.recent.record(now.saturating_sub(t0).max(1));
+        let latency = now.saturating_sub(t0).max(1);
+        let _ = l.e2e.record(latency);
+        let _ = l.recent.record(latency);
         l.delivered += 1;
         l.last_delivery = now;
     }

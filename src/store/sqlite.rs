@@ -270,30 +270,28 @@ fn commit_group(
             }
         }
     }
-    let mut tokens: Vec<u64> = ops.iter().map(|(token, _)| *token).collect();
-    let mut run = |tokens: &mut Vec<u64>| -> rusqlite::Result<Vec<Result<WriteOutcome, StoreError>>> {
+    let mut run = |ops: &mut Vec<(u64, WriteOp)>| -> rusqlite::Result<Vec<Result<WriteOutcome, StoreError>>> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(ops.len());
-        for (_, op) in &ops {
-            out.push(apply(&tx, seqs, op)?);
-        }
         while out.len() < MAX_BATCH {
-            let Ok((token, op)) = rx.try_recv() else { break };
-            tokens.push(token);
-            out.push(apply(&tx, seqs, &op)?);
+            if out.len() == ops.len() {
+                let Ok(op) = rx.try_recv() else { break };
+                ops.push(op);
+            }
+            out.push(apply(&tx, seqs, &ops[out.len()].1)?);
         }
         tx.commit()?;
         Ok(out)
     };
-    let results = match run(&mut tokens) {
+    let results = match run(&mut ops) {
         Ok(out) => out,
         Err(e) => {
-            log::error!("store: a group of {} writes failed and was rolled back: {e}", tokens.len());
+            log::error!("store: a group of {} writes failed and was rolled back: {e}", ops.len());
             seqs.clear();
-            tokens.iter().map(|_| Err(StoreError::Unavailable(e.to_string()))).collect()
+            ops.iter().map(|_| Err(StoreError::Unavailable(e.to_string()))).collect()
         }
     };
-    tokens.into_iter().zip(results).map(|(token, result)| Completion { token, result }).collect()
+    ops.into_iter().zip(results).map(|((token, _), result)| Completion { token, result }).collect()
 }
 
 /// The writer's view of a conversation, read from the database on first use
