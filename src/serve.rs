@@ -22,7 +22,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     // The store's writer must be the database's only writer (it keeps each
     // open conversation's seq and client ids in memory): one server per data dir.
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    let conn = sqlite::open_admin(&cfg.data_dir)?;
+    let mut conn = sqlite::open_admin(&cfg.data_dir)?;
+    // Messages the last run logged and did not fold: before anything is read.
+    sqlite::fold_log(&mut conn)?;
     let mut agents = sqlite::all_agents(&conn).map_err(|e| format!("cannot read agents: {e}"))?;
     if agents.is_empty() {
         let pw = random_password();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const ANN: (&str, &str, u32) = ("ann", "pw-ann-1", 5);
 
@@ -195,4 +195,102 @@ async fn a_send_waits_for_a_write_lock_held_elsewhere_then_is_acked() {
     assert_eq!(ack["type"], "ack", "{ack}");
     let h = cust.sync(&cid, 0, None).await;
     assert!(h["messages"].as_array().expect("messages").iter().any(|m| m["body"] == "written after the lock"), "{h}");
+}
+
+/// Rows in the store's message log and in its message table (read beside the
+/// server, or after it died).
+fn log_and_table_rows(dir: &std::path::Path) -> (i64, i64) {
+    let db = rusqlite::Connection::open(dir.join("parley.db")).expect("open the database");
+    let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+    (
+        count("SELECT (SELECT count(*) FROM message_log_0) + (SELECT count(*) FROM message_log_1)"),
+        count("SELECT count(*) FROM messages"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_still_in_the_log_at_kill_9_are_folded_at_start() {
+    const N: usize = 20;
+    let dir = data_dir();
+    let mut srv = Server::start_in(&dir, &["--rate-per-sec", "10000", "--rate-burst", "10000"]);
+    let mut cust = Client::customer(&srv, "Ann").await;
+    let token = cust.token.clone().expect("token");
+    let cid = str_of(&cust.open("support").await, "id").to_string();
+    let mut acks = Vec::new();
+    for i in 0..N {
+        acks.push(cust.say(&cid, &format!("l{i}"), &format!("logged {i}")).await);
+    }
+    srv.kill9();
+    drop(cust);
+    // Acked, and not folded yet: the store folds a second after the log's
+    // first row, or after a second without writes.
+    let (logged, _) = log_and_table_rows(dir.path());
+    assert!(logged >= N as i64, "the acked messages should still be in the log: {logged} rows there");
+
+    let srv = Server::start_in(&dir, &["--rate-per-sec", "10000", "--rate-burst", "10000"]);
+    let (logged, stored) = log_and_table_rows(dir.path());
+    assert_eq!(logged, 0, "the log is folded before the server serves");
+    assert!(stored >= N as i64, "{stored} messages stored after the fold");
+    let mut cust = Client::customer_with_token(&srv, "Ann", &token).await;
+    let (msgs, _) = cust.sync_all(&cid).await;
+    let got: Vec<(&Value, &Value)> = msgs.iter().map(|m| (&m["id"], &m["seq"])).collect();
+    let want: Vec<(&Value, &Value)> = acks.iter().map(|a| (&a["id"], &a["seq"])).collect();
+    assert_eq!(got, want, "every acked message once, in order");
+    // Retries of logged messages still map to the originals, and seqs go on.
+    let retry = cust.say(&cid, "l3", "logged 3").await;
+    assert_eq!((&retry["id"], &retry["seq"]), (&acks[3]["id"], &acks[3]["seq"]));
+    let next = cust.say(&cid, "after", "after the restart").await;
+    assert_eq!(u64_of(&next, "seq"), N as u64 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_joins_folded_and_logged_messages() {
+    let dir = data_dir();
+    let srv = Server::start_in(&dir, &[]);
+    let mut cust = Client::customer(&srv, "Ann").await;
+    let token = cust.token.clone().expect("token");
+    let cid = str_of(&cust.open("support").await, "id").to_string();
+    for i in 1..=5 {
+        cust.say(&cid, &format!("a{i}"), &format!("first {i}")).await;
+    }
+    // A second without writes: the store folds the log into the message table.
+    let mut folded = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (logged, stored) = log_and_table_rows(dir.path());
+        if logged == 0 && stored >= 5 {
+            folded = true;
+            break;
+        }
+    }
+    assert!(folded, "the log was not folded after 5 s without writes: {:?}", log_and_table_rows(dir.path()));
+    for i in 6..=10 {
+        cust.say(&cid, &format!("a{i}"), &format!("then {i}")).await;
+    }
+    let (logged, _) = log_and_table_rows(dir.path());
+    assert!(logged >= 5, "the last five should be in the log: {logged}");
+
+    let seqs = |h: &Value| -> Vec<u64> {
+        h["messages"].as_array().expect("messages").iter().map(|m| u64_of(m, "seq")).collect()
+    };
+    // A page across the two.
+    let h = cust.sync(&cid, 2, Some(5)).await;
+    assert_eq!(seqs(&h), vec![3, 4, 5, 6, 7], "{h}");
+    assert_eq!(h["more"], true, "{h}");
+    // The rest, from the log alone.
+    let h = cust.sync(&cid, 7, Some(5)).await;
+    assert_eq!(seqs(&h), vec![8, 9, 10], "{h}");
+    assert_eq!(h["more"], false, "{h}");
+    let (msgs, _) = cust.sync_all(&cid).await;
+    let bodies: Vec<&str> = msgs.iter().filter_map(|m| m["body"].as_str()).collect();
+    let want: Vec<String> = (1..=10).map(|i| format!("{} {i}", if i <= 5 { "first" } else { "then" })).collect();
+    assert_eq!(bodies, want);
+    // A returning customer's conversation list counts the logged messages.
+    drop(cust);
+    let cust = Client::customer_with_token(&srv, "Ann", &token).await;
+    let listed = cust.welcome["conversations"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["id"] == cid.as_str()).cloned())
+        .unwrap_or_else(|| panic!("conversation not in welcome: {}", cust.welcome));
+    assert_eq!(listed["last_seq"], 10, "{listed}");
 }

@@ -2,6 +2,12 @@
 //! transaction and one fsync per batch), and a small pool of reader
 //! connections used from tokio's blocking threads. WAL mode lets readers run
 //! beside the writer.
+//!
+//! New messages go to a message log first (see `migrations/0003_message_log.sql`
+//! and [`Log`]): a commit then writes a few packed pages instead of a page per
+//! conversation. The writer folds the log into `messages` later, a
+//! conversation at a time, in the same transactions. Until then the messages
+//! are also kept in memory ([`Tails`]), where readers find them.
 
 use super::*;
 use crate::auth;
@@ -42,13 +48,56 @@ const WAL_KEEP_BYTES: i64 = 64 << 20;
 /// Default capacity of a bot account.
 const BOT_MAX_ACTIVE: u32 = 1000;
 
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../migrations/0001_init.sql"), include_str!("../../migrations/0002_client_ids_in_writer.sql")];
+/// Log rows after which new messages go to the other log table (once that
+/// one is folded and emptied).
+const EPOCH_ROWS: usize = 32_768;
+/// Age after which the log moves to its other table even with fewer rows.
+const EPOCH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+/// Messages a commit folds at least, while some conversations are left to
+/// fold, besides [`FOLD_PER_APPEND`] per message it appends: folding keeps
+/// pace with the log, spread over many commits so that none takes long.
+const FOLD_MIN: usize = 32;
+const FOLD_PER_APPEND: usize = 2;
+/// Log rows after which the log moves even if the other table is not all
+/// folded yet: the rest is folded at once (only if folding cannot keep up).
+const LOG_MAX_ROWS: usize = 4 * EPOCH_ROWS;
+/// With no writes for this long, the writer folds the whole log.
+const IDLE_FOLD: std::time::Duration = std::time::Duration::from_secs(1);
+/// The message log's two tables, used in turn.
+const LOG_TABLES: [&str; 2] = ["message_log_0", "message_log_1"];
+
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_client_ids_in_writer.sql"),
+    include_str!("../../migrations/0003_message_log.sql"),
+];
 
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<std_mpsc::Sender<(u64, WriteOp)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    tails: SharedTails,
+}
+
+/// Messages in the log not yet folded into `messages`: by conversation, in
+/// seq order, each list starting right after the conversation's last folded
+/// message. Only the writer changes it, after its commits; readers merge it
+/// into what they read from `messages`.
+#[derive(Default)]
+struct Tails {
+    by_conv: HashMap<String, Vec<Unfolded>>,
+    /// Folds so far. A reader that sees the same count before and after its
+    /// query found every committed message in `messages` or here.
+    folds: u64,
+}
+
+type SharedTails = Arc<Mutex<Tails>>;
+
+/// A message in the log, and where: the fold copies its row by rowid.
+struct Unfolded {
+    msg: Arc<Message>,
+    table: usize,
+    rowid: i64,
 }
 
 fn open_conn(path: &Path, full_sync: bool) -> rusqlite::Result<Connection> {
@@ -76,6 +125,34 @@ pub fn open_admin(data_dir: &Path) -> Result<Connection, String> {
     Ok(conn)
 }
 
+/// Folds whatever the message log holds into `messages`: what a server that
+/// stopped (or crashed) had not folded yet. Only a server, holding the data
+/// dir's lock, may call it: a running server's writer owns the log.
+pub fn fold_log(conn: &mut Connection) -> Result<(), String> {
+    let fold = |conn: &mut Connection| -> rusqlite::Result<usize> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut folded = 0;
+        for table in LOG_TABLES {
+            // A message folded before the stop is in both: kept once.
+            folded += tx.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO messages ({MSG_COLS}) SELECT {MSG_COLS} FROM {table}
+                     ORDER BY conversation_id, seq"
+                ),
+                [],
+            )?;
+            tx.execute(&format!("DELETE FROM {table}"), [])?;
+        }
+        tx.commit()?;
+        Ok(folded)
+    };
+    let folded = fold(conn).map_err(|e| format!("cannot fold the message log: {e}"))?;
+    if folded > 0 {
+        log::info!("store: folded {folded} logged messages into the message table");
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() {
@@ -100,7 +177,8 @@ impl SqliteStore {
         full_sync: bool,
         done: UnboundedSender<Vec<Completion>>,
     ) -> Result<SqliteStore, String> {
-        drop(open_admin(data_dir)?);
+        fold_log(&mut open_admin(data_dir)?)?;
+        let tails = SharedTails::default();
         let path = data_dir.join("parley.db");
         let conn = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.busy_handler(Some(writer_busy)).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -116,12 +194,15 @@ impl SqliteStore {
             .map_err(|e| format!("cannot start the checkpoint thread: {e}"))?;
         std::thread::Builder::new()
             .name("parley-store-writer".into())
-            .spawn(move || {
-                let _alive = alive;
-                writer_loop(conn, rx, done)
+            .spawn({
+                let tails = tails.clone();
+                move || {
+                    let _alive = alive;
+                    writer_loop(conn, rx, done, tails)
+                }
             })
             .map_err(|e| format!("cannot start the store writer: {e}"))?;
-        Ok(SqliteStore { path, writer: Mutex::new(tx), readers: Arc::new(Mutex::new(Vec::new())) })
+        Ok(SqliteStore { path, writer: Mutex::new(tx), readers: Arc::new(Mutex::new(Vec::new())), tails })
     }
 
     /// Runs `f` on a reader connection on a blocking thread.
@@ -218,11 +299,126 @@ fn client_key(sender_id: &str, client_id: &str) -> String {
     format!("{sender_id}\u{0}{client_id}")
 }
 
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, done: UnboundedSender<Vec<Completion>>) {
+/// Where new messages are logged, and which conversations are left to fold.
+///
+/// Appends go to one log table (`cur`) for about [`EPOCH_TIME`] or
+/// [`EPOCH_ROWS`] rows. Then the log moves to the other table, and every
+/// conversation with unfolded messages is put in `pending`; each commit folds
+/// a few of them (all their unfolded messages, whichever table they are in),
+/// and the commit that folds the last one empties the table the log left,
+/// ready for the next move. A move waits until that is done; if it is due
+/// before, it waits (the current table grows), up to [`LOG_MAX_ROWS`] rows,
+/// where a commit folds the rest at once.
+struct Log {
+    /// Index in [`LOG_TABLES`] of the table taking new messages.
+    cur: usize,
+    /// Rows appended to it.
+    rows: usize,
+    started: std::time::Instant,
+    /// The other table still holds rows.
+    other_dirty: bool,
+    /// Conversations with messages in the other table, not folded yet.
+    pending: Vec<String>,
+}
+
+/// What one commit folds.
+struct FoldPlan {
+    /// Conversations whose unfolded messages go to `messages`.
+    convs: Vec<String>,
+    /// Every conversation is folded and both tables emptied.
+    all: bool,
+    /// The other table is emptied.
+    clear_other: bool,
+}
+
+impl Log {
+    fn new() -> Log {
+        Log { cur: 0, rows: 0, started: std::time::Instant::now(), other_dirty: false, pending: Vec::new() }
+    }
+
+    fn table(&self) -> &'static str {
+        LOG_TABLES[self.cur]
+    }
+
+    fn move_due(&self) -> bool {
+        self.rows >= EPOCH_ROWS || (self.rows > 0 && self.started.elapsed() >= EPOCH_TIME)
+    }
+
+    /// Nothing is logged that is not folded.
+    fn is_empty(&self, tails: &Tails) -> bool {
+        self.rows == 0 && !self.other_dirty && tails.by_conv.is_empty()
+    }
+
+    /// What a commit that appended `appended` messages folds.
+    fn plan(&self, tails: &Tails, all: bool, appended: usize) -> FoldPlan {
+        if all {
+            return FoldPlan { convs: tails.by_conv.keys().cloned().collect(), all, clear_other: true };
+        }
+        let n = if self.rows >= LOG_MAX_ROWS && self.other_dirty {
+            self.pending.len()
+        } else {
+            let budget = FOLD_MIN + FOLD_PER_APPEND * appended;
+            let mut messages = 0;
+            let n = self.pending.iter().rev().take_while(|c| {
+                let more = messages < budget;
+                messages += tails.by_conv.get(*c).map_or(0, |t| t.len());
+                more
+            });
+            n.count()
+        };
+        FoldPlan {
+            convs: self.pending[self.pending.len() - n..].to_vec(),
+            all,
+            clear_other: self.other_dirty && n == self.pending.len(),
+        }
+    }
+
+    /// After the commit of `plan` and `appended` new messages (`tails` is up to date).
+    fn committed(&mut self, plan: &FoldPlan, appended: usize, tails: &Tails) {
+        if plan.all {
+            self.rows = 0;
+            self.started = std::time::Instant::now();
+            self.pending.clear();
+            self.other_dirty = false;
+            return;
+        }
+        self.pending.truncate(self.pending.len() - plan.convs.len());
+        if plan.clear_other {
+            self.other_dirty = false;
+        }
+        if self.rows == 0 {
+            // A table's age counts from its first row.
+            self.started = std::time::Instant::now();
+        }
+        self.rows += appended;
+        if self.move_due() && !self.other_dirty {
+            self.cur ^= 1;
+            self.rows = 0;
+            self.started = std::time::Instant::now();
+            self.other_dirty = true;
+            self.pending = tails.by_conv.keys().cloned().collect();
+        }
+    }
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: std_mpsc::Receiver<(u64, WriteOp)>,
+    done: UnboundedSender<Vec<Completion>>,
+    tails: SharedTails,
+) {
     let mut seqs = SeqCache::new();
+    let mut log = Log::new();
     let mut groups = 0u32;
     let mut last_group = 0;
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(IDLE_FOLD) {
+            Ok(op) => Some(op),
+            // Idle: fold the whole log, if there is anything to fold.
+            Err(std_mpsc::RecvTimeoutError::Timeout) if log.is_empty(&tails.lock()) => continue,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         groups = groups.wrapping_add(1);
         if seqs.len() > MAX_CACHED_CONVS
             || (groups.is_multiple_of(CACHE_CHECK_EVERY)
@@ -234,71 +430,177 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(u64, WriteOp)>, don
         // Under load (the last group held more than one write), wait a little
         // for more writes before committing: one commit then carries many.
         let gather = (last_group > 1).then(|| std::time::Instant::now() + GATHER);
-        let completions = commit_group(&mut conn, &mut seqs, first, &rx, gather);
+        let mut writer = Writer { conn: &mut conn, seqs: &mut seqs, log: &mut log, tails: &tails };
+        let completions = writer.commit_group(first, &rx, gather);
         last_group = completions.len();
         let c = crate::http::metrics::counters();
         c.store_commits.inc();
         c.store_writes.inc_by(last_group as u64);
-        if done.send(completions).is_err() {
+        if !completions.is_empty() && done.send(completions).is_err() {
             break; // the server is gone
         }
     }
 }
 
-/// Applies `first` and every write that arrives while the group is being
-/// applied, or until `gather` when given (up to [`MAX_BATCH`]), in one
-/// transaction with one fsync: under load the groups grow and share the cost
-/// of a commit, while a write that arrives alone on an idle store commits at
-/// once. Ops check before they write, so a refused op (conflict, not found)
-/// writes nothing; a database failure fails the whole group, which is rolled
-/// back.
-fn commit_group(
-    conn: &mut Connection,
-    seqs: &mut SeqCache,
-    first: (u64, WriteOp),
-    rx: &std_mpsc::Receiver<(u64, WriteOp)>,
-    gather: Option<std::time::Instant>,
-) -> Vec<Completion> {
-    // Gathered before the transaction begins: the write lock is held only to
-    // apply and commit, and the checkpoint thread can take it meanwhile.
-    let mut ops = vec![first];
-    if let Some(until) = gather {
-        while ops.len() < MAX_BATCH {
-            match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+/// The writer thread's state, for one group.
+struct Writer<'a> {
+    conn: &'a mut Connection,
+    seqs: &'a mut SeqCache,
+    log: &'a mut Log,
+    tails: &'a SharedTails,
+}
+
+impl Writer<'_> {
+    /// Applies `first` and every write that arrives while the group is being
+    /// applied, or until `gather` when given (up to [`MAX_BATCH`]), and folds
+    /// some of the log, in one transaction with one fsync: under load the
+    /// groups grow and share the cost of a commit, while a write that arrives
+    /// alone on an idle store commits at once. With no `first`, the whole log
+    /// is folded. Ops check before they write, so a refused op (conflict, not
+    /// found) writes nothing; a database failure fails the whole group, which
+    /// is rolled back.
+    fn commit_group(
+        &mut self,
+        first: Option<(u64, WriteOp)>,
+        rx: &std_mpsc::Receiver<(u64, WriteOp)>,
+        gather: Option<std::time::Instant>,
+    ) -> Vec<Completion> {
+        let idle = first.is_none();
+        // Gathered before the transaction begins: the write lock is held only to
+        // apply and commit, and the checkpoint thread can take it meanwhile.
+        let mut ops: Vec<(u64, WriteOp)> = first.into_iter().collect();
+        if let Some(until) = gather {
+            while ops.len() < MAX_BATCH {
+                match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
             }
         }
+        let (results, rowids, plan, folded) = match self.run(&mut ops, rx, idle) {
+            Ok(done) => done,
+            Err(e) => {
+                log::error!("store: a group of {} writes failed and was rolled back: {e}", ops.len());
+                self.seqs.clear();
+                let failed = |(token, _)| Completion { token, result: Err(StoreError::Unavailable(e.to_string())) };
+                return ops.into_iter().map(failed).collect();
+            }
+        };
+        // Committed: folded messages leave the tails, new ones join them.
+        let mut appended = 0;
+        {
+            let mut tails = self.tails.lock();
+            for (conv, n) in &folded {
+                if let Some(tail) = tails.by_conv.get_mut(conv) {
+                    tail.drain(..*n);
+                    if tail.is_empty() {
+                        tails.by_conv.remove(conv);
+                    }
+                }
+            }
+            if !folded.is_empty() {
+                tails.folds += 1;
+            }
+            let mut rowids = rowids.into_iter();
+            for r in &results {
+                if let Ok(WriteOutcome::Appended { message, duplicate: false }) = r {
+                    let Some(rowid) = rowids.next() else { break };
+                    let u = Unfolded { msg: Arc::new(message.clone()), table: self.log.cur, rowid };
+                    tails.by_conv.entry(message.conversation.clone()).or_default().push(u);
+                    appended += 1;
+                }
+            }
+            self.log.committed(&plan, appended, &tails);
+        }
+        ops.into_iter().zip(results).map(|((token, _), result)| Completion { token, result }).collect()
     }
-    let mut run = |ops: &mut Vec<(u64, WriteOp)>| -> rusqlite::Result<Vec<Result<WriteOutcome, StoreError>>> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+
+    /// The transaction of [`Writer::commit_group`]: each op's result, the
+    /// log rowid of each message appended, what was folded, and how many
+    /// messages of each conversation that was.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &mut self,
+        ops: &mut Vec<(u64, WriteOp)>,
+        rx: &std_mpsc::Receiver<(u64, WriteOp)>,
+        idle: bool,
+    ) -> rusqlite::Result<(Vec<Result<WriteOutcome, StoreError>>, Vec<i64>, FoldPlan, Vec<(String, usize)>)> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(ops.len());
-        while out.len() < MAX_BATCH {
+        let mut rowids = Vec::with_capacity(ops.len());
+        while !idle && out.len() < MAX_BATCH {
             if out.len() == ops.len() {
                 let Ok(op) = rx.try_recv() else { break };
                 ops.push(op);
             }
-            out.push(apply(&tx, seqs, &ops[out.len()].1)?);
+            let res = apply(&tx, self.seqs, self.tails, &out, self.log.table(), &ops[out.len()].1)?;
+            if let Ok(WriteOutcome::Appended { duplicate: false, .. }) = &res {
+                // The op's last insert was the message's, into the log.
+                rowids.push(tx.last_insert_rowid());
+            }
+            out.push(res);
+        }
+        // The plan's conversations: their rows in the log, copied by one
+        // statement per log table.
+        let (plan, folded, by_table) = {
+            let tails = self.tails.lock();
+            let plan = self.log.plan(&tails, idle, rowids.len());
+            let mut by_table = [String::from("["), String::from("[")];
+            let mut folded = Vec::with_capacity(plan.convs.len());
+            for (c, tail) in plan.convs.iter().filter_map(|c| tails.by_conv.get(c).map(|t| (c, t))) {
+                for u in tail {
+                    let list = &mut by_table[u.table];
+                    if list.len() > 1 {
+                        list.push(',');
+                    }
+                    list.push_str(&u.rowid.to_string());
+                }
+                folded.push((c.clone(), tail.len()));
+            }
+            (plan, folded, by_table)
+        };
+        for (table, mut rowids) in LOG_TABLES.iter().zip(by_table) {
+            if rowids.len() > 1 {
+                rowids.push(']');
+                tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO messages ({MSG_COLS}) SELECT {MSG_COLS} FROM {table}
+                     WHERE rowid IN (SELECT value FROM json_each(?1))"
+                ))?
+                .execute(params![rowids])?;
+            }
+        }
+        if plan.clear_other {
+            tx.execute(&format!("DELETE FROM {}", LOG_TABLES[self.log.cur ^ 1]), [])?;
+        }
+        if plan.all {
+            tx.execute(&format!("DELETE FROM {}", LOG_TABLES[self.log.cur]), [])?;
         }
         tx.commit()?;
-        Ok(out)
-    };
-    let results = match run(&mut ops) {
-        Ok(out) => out,
-        Err(e) => {
-            log::error!("store: a group of {} writes failed and was rolled back: {e}", ops.len());
-            seqs.clear();
-            ops.iter().map(|_| Err(StoreError::Unavailable(e.to_string()))).collect()
-        }
-    };
-    ops.into_iter().zip(results).map(|((token, _), result)| Completion { token, result }).collect()
+        Ok((out, rowids, plan, folded))
+    }
 }
 
-/// The writer's view of a conversation, read from the database on first use
-/// (None: no such conversation). Its last seq is its newest message's.
+/// Messages this group appended so far (not in the tails before it commits).
+fn group_messages<'a>(
+    group: &'a [Result<WriteOutcome, StoreError>],
+    conversation: &'a str,
+) -> impl Iterator<Item = &'a Message> + 'a {
+    group.iter().filter_map(move |r| match r {
+        Ok(WriteOutcome::Appended { message, duplicate: false }) if message.conversation == conversation => {
+            Some(message)
+        }
+        _ => None,
+    })
+}
+
+/// The writer's view of a conversation, read on first use from its row, its
+/// folded messages, its tail and this group's messages (None: no such
+/// conversation). Its last seq is its newest message's.
 fn conv_seq<'a>(
     tx: &rusqlite::Transaction,
     seqs: &'a mut SeqCache,
+    tails: &SharedTails,
+    group: &[Result<WriteOutcome, StoreError>],
     id: &str,
 ) -> rusqlite::Result<Option<&'a mut ConvSeq>> {
     if !seqs.contains_key(id) {
@@ -320,6 +622,14 @@ fn conv_seq<'a>(
                 conv.client_ids.insert(client_key(&r.get::<_, String>(1)?, &cid), seq);
             }
         }
+        let tails = tails.lock();
+        let unfolded = tails.by_conv.get(id).into_iter().flatten().map(|u| &*u.msg);
+        for m in unfolded.chain(group_messages(group, id)) {
+            conv.last_seq = conv.last_seq.max(m.seq);
+            if let Some(cid) = &m.client_id {
+                conv.client_ids.insert(client_key(&m.from.id, cid), m.seq);
+            }
+        }
         seqs.insert(id.to_string(), conv);
     }
     Ok(seqs.get_mut(id))
@@ -328,20 +638,33 @@ fn conv_seq<'a>(
 /// The message already stored under `key` (see [`client_key`]) in this conversation, if any.
 fn original(
     tx: &rusqlite::Transaction,
+    tails: &SharedTails,
+    group: &[Result<WriteOutcome, StoreError>],
     conv: Option<&ConvSeq>,
     key: Option<&String>,
     conversation: &str,
 ) -> rusqlite::Result<Option<Message>> {
-    let Some(seq) = conv.zip(key).and_then(|(c, k)| c.client_ids.get(k)) else { return Ok(None) };
+    let Some(&seq) = conv.zip(key).and_then(|(c, k)| c.client_ids.get(k)) else { return Ok(None) };
+    if let Some(m) = group_messages(group, conversation).find(|m| m.seq == seq) {
+        return Ok(Some(m.clone()));
+    }
+    if let Some(u) = tails.lock().by_conv.get(conversation).and_then(|t| t.iter().find(|u| u.msg.seq == seq)) {
+        return Ok(Some((*u.msg).clone()));
+    }
     tx.prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"))?
-        .query_row(params![conversation, *seq as i64], message_from_row)
+        .query_row(params![conversation, seq as i64], message_from_row)
         .optional()
 }
 
-/// Outer error: the database failed (fails the batch). Inner error: the op was refused.
+/// Outer error: the database failed (fails the batch). Inner error: the op
+/// was refused. `group`: the results of the group's earlier ops; new
+/// messages go to the log table `log`.
 fn apply(
     tx: &rusqlite::Transaction,
     seqs: &mut SeqCache,
+    tails: &SharedTails,
+    group: &[Result<WriteOutcome, StoreError>],
+    log: &str,
     op: &WriteOp,
 ) -> rusqlite::Result<Result<WriteOutcome, StoreError>> {
     match op {
@@ -367,10 +690,10 @@ fn apply(
             Ok(Ok(WriteOutcome::Done))
         }
         WriteOp::Append(m) => {
-            let conv = conv_seq(tx, seqs, &m.conversation)?;
+            let conv = conv_seq(tx, seqs, tails, group, &m.conversation)?;
             let key = m.client_id.as_ref().map(|cid| client_key(&m.from.id, cid));
             // A retry gets the original ack, even after the conversation closed.
-            if let Some(message) = original(tx, conv.as_deref(), key.as_ref(), &m.conversation)? {
+            if let Some(message) = original(tx, tails, group, conv.as_deref(), key.as_ref(), &m.conversation)? {
                 if conv.is_some_and(|c| c.closed) {
                     seqs.remove(&m.conversation);
                 }
@@ -383,7 +706,8 @@ fn apply(
                 return Ok(Err(StoreError::Conflict(format!("conversation {} is closed", m.conversation))));
             }
             let seq = conv.last_seq + 1;
-            insert_message(tx, m, seq)?;
+            let message = m.clone().with_seq(seq);
+            insert_message(tx, log, &message)?;
             conv.last_seq = seq;
             if let Some(key) = key {
                 conv.client_ids.insert(key, seq);
@@ -394,10 +718,10 @@ fn apply(
                     .execute(params![m.conversation, seq as i64])?;
                 seqs.remove(&m.conversation);
             }
-            Ok(Ok(WriteOutcome::Appended { message: m.clone().with_seq(seq), duplicate: false }))
+            Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
         }
         WriteOp::Update { status, agent, queued_at, event } => {
-            let Some(last_seq) = conv_seq(tx, seqs, &event.conversation)?.map(|c| c.last_seq) else {
+            let Some(last_seq) = conv_seq(tx, seqs, tails, group, &event.conversation)?.map(|c| c.last_seq) else {
                 return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
             };
             let seq = last_seq + 1;
@@ -415,7 +739,8 @@ fn apply(
                 closed_at,
                 seq as i64
             ])?;
-            insert_message(tx, event, seq)?;
+            let message = event.clone().with_seq(seq);
+            insert_message(tx, log, &message)?;
             if *status == ConvStatus::Closed {
                 // Closed conversations see little more; they are read back if they do.
                 seqs.remove(&event.conversation);
@@ -423,7 +748,7 @@ fn apply(
                 c.last_seq = seq;
                 c.closed = false;
             }
-            Ok(Ok(WriteOutcome::Appended { message: event.clone().with_seq(seq), duplicate: false }))
+            Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
         }
         WriteOp::Rate { score, comment, event } => {
             let state: Option<(String, Option<i64>)> = tx
@@ -440,7 +765,7 @@ fn apply(
                 }
                 _ => {}
             }
-            let Some(last_seq) = conv_seq(tx, seqs, &event.conversation)?.map(|c| c.last_seq) else {
+            let Some(last_seq) = conv_seq(tx, seqs, tails, group, &event.conversation)?.map(|c| c.last_seq) else {
                 return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
             };
             let seq = last_seq + 1;
@@ -448,10 +773,11 @@ fn apply(
                 "UPDATE conversations SET rating = ?2, rating_comment = ?3, last_seq = ?4 WHERE id = ?1",
             )?
             .execute(params![event.conversation, *score as i64, comment, seq as i64])?;
-            insert_message(tx, event, seq)?;
+            let message = event.clone().with_seq(seq);
+            insert_message(tx, log, &message)?;
             // Only closed conversations are rated: it need not stay cached.
             seqs.remove(&event.conversation);
-            Ok(Ok(WriteOutcome::Appended { message: event.clone().with_seq(seq), duplicate: false }))
+            Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
         }
         WriteOp::Read { conversation, user_id, seq } => {
             tx.prepare_cached(
@@ -464,14 +790,14 @@ fn apply(
     }
 }
 
-fn insert_message(tx: &rusqlite::Transaction, m: &NewMessage, seq: u64) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO messages (conversation_id, seq, id, ts, sender_id, sender_role, sender_name, kind, body,
-         client_id, event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
+/// Adds a message to the log table `log`.
+fn insert_message(tx: &rusqlite::Transaction, log: &str, m: &Message) -> rusqlite::Result<()> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO {log} ({MSG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))?
     .execute(params![
         m.conversation,
-        seq as i64,
+        m.seq as i64,
         m.id,
         m.ts,
         m.from.id,
@@ -544,6 +870,59 @@ fn agent_from_row(r: &Row) -> rusqlite::Result<AgentRow> {
 
 const AGENT_COLS: &str = "id, name, password_hash, max_active, bot";
 
+/// Conversations matching `f`, newest first.
+fn conversations(c: &Connection, f: &ConvFilter) -> rusqlite::Result<Vec<ConvRow>> {
+    // A customer's conversations (every returning hello): a dedicated
+    // statement, because the optional filters below (`?3 IS NULL OR
+    // customer_id = ?3`) keep SQLite from using the customer index.
+    if let Some(customer) = &f.customer_id {
+        return c
+            .prepare_cached(&format!(
+                "SELECT {CONV_COLS} FROM conversations WHERE customer_id = ?1
+                 AND (?2 IS NULL OR room = ?2) AND (?3 IS NULL OR status = ?3)
+                 ORDER BY created_at DESC LIMIT ?4"
+            ))?
+            .query_map(params![customer, f.room, f.status.map(|s| s.as_str()), f.limit as i64], conv_from_row)?
+            .collect();
+    }
+    c.prepare_cached(&format!(
+        "SELECT {CONV_COLS} FROM conversations WHERE (?1 IS NULL OR room = ?1)
+         AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR customer_id = ?3)
+         ORDER BY created_at DESC LIMIT ?4"
+    ))?
+    .query_map(params![f.room, f.status.map(|s| s.as_str()), f.customer_id, f.limit as i64], conv_from_row)?
+    .collect()
+}
+
+/// Rows read by `read`, their last seqs counting unfolded messages. Exact: if
+/// a fold moved messages while `read` ran, it reads again (at last with folds
+/// held off), since its rows may miss what the tails no longer hold.
+fn with_tails(
+    tails: &SharedTails,
+    read: impl Fn() -> rusqlite::Result<Vec<ConvRow>>,
+) -> rusqlite::Result<Vec<ConvRow>> {
+    let add_tails = |rows: &mut Vec<ConvRow>, tails: &Tails| {
+        for r in rows {
+            if let Some(u) = tails.by_conv.get(&r.id).and_then(|t| t.last()) {
+                r.last_seq = r.last_seq.max(u.msg.seq);
+            }
+        }
+    };
+    for _ in 0..2 {
+        let folds = tails.lock().folds;
+        let mut rows = read()?;
+        let tails = tails.lock();
+        if tails.folds == folds {
+            add_tails(&mut rows, &tails);
+            return Ok(rows);
+        }
+    }
+    let tails = tails.lock();
+    let mut rows = read()?;
+    add_tails(&mut rows, &tails);
+    Ok(rows)
+}
+
 impl Store for SqliteStore {
     fn submit(&self, token: u64, op: WriteOp) {
         // The writer thread only stops when the process does.
@@ -552,13 +931,29 @@ impl Store for SqliteStore {
 
     fn history(&self, conversation: &str, after_seq: u64, limit: u32) -> StoreFuture<(Vec<Message>, bool)> {
         let conversation = conversation.to_string();
+        let tails = self.tails.clone();
         self.read(move |c| {
+            // The tail first: a message that leaves it is in `messages` before
+            // it does, so the query below finds it.
+            let tail: Vec<Message> = tails
+                .lock()
+                .by_conv
+                .get(&conversation)
+                .into_iter()
+                .flatten()
+                .filter(|u| u.msg.seq > after_seq)
+                .take(limit as usize + 1)
+                .map(|u| (*u.msg).clone())
+                .collect();
             let mut rows: Vec<Message> = c
                 .prepare_cached(&format!(
                     "SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
                 ))?
                 .query_map(params![conversation, after_seq as i64, limit as i64 + 1], message_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
+            // Folded messages are a prefix of the conversation, the tail the rest.
+            let last = rows.last().map_or(after_seq, |m| m.seq);
+            rows.extend(tail.into_iter().filter(|m| m.seq > last));
             let more = rows.len() > limit as usize;
             rows.truncate(limit as usize);
             Ok((rows, more))
@@ -567,36 +962,20 @@ impl Store for SqliteStore {
 
     fn conversation(&self, id: &str) -> StoreFuture<Option<ConvRow>> {
         let id = id.to_string();
+        let tails = self.tails.clone();
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {CONV_COLS} FROM conversations WHERE id = ?1"))?
-                .query_row(params![id], conv_from_row)
-                .optional()
+            let read = || {
+                c.prepare_cached(&format!("SELECT {CONV_COLS} FROM conversations WHERE id = ?1"))?
+                    .query_map(params![id], conv_from_row)?
+                    .collect()
+            };
+            Ok(with_tails(&tails, read)?.pop())
         })
     }
 
     fn conversations(&self, f: ConvFilter) -> StoreFuture<Vec<ConvRow>> {
-        self.read(move |c| {
-            // A customer's conversations (every returning hello): a dedicated
-            // statement, because the optional filters below (`?3 IS NULL OR
-            // customer_id = ?3`) keep SQLite from using the customer index.
-            if let Some(customer) = &f.customer_id {
-                return c
-                    .prepare_cached(&format!(
-                        "SELECT {CONV_COLS} FROM conversations WHERE customer_id = ?1
-                         AND (?2 IS NULL OR room = ?2) AND (?3 IS NULL OR status = ?3)
-                         ORDER BY created_at DESC LIMIT ?4"
-                    ))?
-                    .query_map(params![customer, f.room, f.status.map(|s| s.as_str()), f.limit as i64], conv_from_row)?
-                    .collect();
-            }
-            c.prepare_cached(&format!(
-                "SELECT {CONV_COLS} FROM conversations WHERE (?1 IS NULL OR room = ?1)
-                 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR customer_id = ?3)
-                 ORDER BY created_at DESC LIMIT ?4"
-            ))?
-            .query_map(params![f.room, f.status.map(|s| s.as_str()), f.customer_id, f.limit as i64], conv_from_row)?
-            .collect()
-        })
+        let tails = self.tails.clone();
+        self.read(move |c| with_tails(&tails, || conversations(c, &f)))
     }
 
     fn agent_by_id(&self, id: &str) -> StoreFuture<Option<AgentRow>> {
