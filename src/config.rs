@@ -158,6 +158,13 @@ pub struct ServeArgs {
     /// `normal` survives a process crash but may lose the last commits on power loss.
     #[arg(long, env = "PARLEY_SYNC", default_value = "full", value_parser = ["full", "normal"])]
     pub sync: String,
+    /// How long (ms) new messages may stay in the store's append-only message
+    /// log before they are folded into the message table, both under
+    /// traffic and once writes stop. Longer: fewer pages written per
+    /// message, more memory and a longer fold at the next start after a crash.
+    #[arg(long, env = "PARLEY_FOLD_AFTER_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub fold_after_ms: u64,
 }
 
 /// Validated settings of a running server.
@@ -182,6 +189,7 @@ pub struct Config {
     pub node_id: String,
     pub agent_token_ttl_secs: u64,
     pub sync_full: bool,
+    pub fold_after: std::time::Duration,
     /// TCP gateway address, and whether it was asked for explicitly.
     pub tcp_listen: Option<(String, bool)>,
     /// Room -> bot account name.
@@ -322,6 +330,7 @@ impl Config {
             node_id: a.node_id,
             agent_token_ttl_secs: a.agent_token_ttl_secs,
             sync_full: a.sync == "full",
+            fold_after: std::time::Duration::from_millis(a.fold_after_ms),
         })
     }
 

@@ -66,7 +66,7 @@ async fn serve(
     open: Vec<crate::store::ConvRow>,
 ) -> Result<(), String> {
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cfg.sync_full, done_tx)?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cfg.sync_full, cfg.fold_after, done_tx)?);
     log::info!("loaded {} open conversations and {} agents from {}", open.len(), agents.len(), cfg.db_path().display());
     // The ChatServer gets its own thread, apart from the HTTP workers.
     let arbiter = Arbiter::new();

@@ -121,3 +121,16 @@ async fn a_data_dir_from_a_newer_schema_is_refused_with_a_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("schema version 99") && err.contains("newer Parley"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fold_delay_out_of_range_is_refused_with_a_message() {
+    let dir = data_dir();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tcp-listen", "", "--fold-after-ms", "5", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run the server");
+    assert!(!out.status.success(), "started with --fold-after-ms 5: {}", stdout_of(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--fold-after-ms") && err.contains("10..=600000"), "{err}");
+}

@@ -212,7 +212,9 @@ fn log_and_table_rows(dir: &std::path::Path) -> (i64, i64) {
 async fn messages_still_in_the_log_at_kill_9_are_folded_at_start() {
     const N: usize = 20;
     let dir = data_dir();
-    let mut srv = Server::start_in(&dir, &["--rate-per-sec", "10000", "--rate-burst", "10000"]);
+    // Nothing is folded for a minute.
+    let args = ["--rate-per-sec", "10000", "--rate-burst", "10000", "--fold-after-ms", "60000"];
+    let mut srv = Server::start_in(&dir, &args);
     let mut cust = Client::customer(&srv, "Ann").await;
     let token = cust.token.clone().expect("token");
     let cid = str_of(&cust.open("support").await, "id").to_string();
@@ -222,12 +224,10 @@ async fn messages_still_in_the_log_at_kill_9_are_folded_at_start() {
     }
     srv.kill9();
     drop(cust);
-    // Acked, and not folded yet: the store folds a second after the log's
-    // first row, or after a second without writes.
     let (logged, _) = log_and_table_rows(dir.path());
     assert!(logged >= N as i64, "the acked messages should still be in the log: {logged} rows there");
 
-    let srv = Server::start_in(&dir, &["--rate-per-sec", "10000", "--rate-burst", "10000"]);
+    let srv = Server::start_in(&dir, &args);
     let (logged, stored) = log_and_table_rows(dir.path());
     assert_eq!(logged, 0, "the log is folded before the server serves");
     assert!(stored >= N as i64, "{stored} messages stored after the fold");
@@ -246,29 +246,27 @@ async fn messages_still_in_the_log_at_kill_9_are_folded_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_joins_folded_and_logged_messages() {
     let dir = data_dir();
-    let srv = Server::start_in(&dir, &[]);
+    add_agent(dir.path(), ANN.0, ANN.1, ANN.2);
+    let args = ["--fold-after-ms", "60000"];
+    let mut srv = Server::start_in(&dir, &args);
     let mut cust = Client::customer(&srv, "Ann").await;
     let token = cust.token.clone().expect("token");
     let cid = str_of(&cust.open("support").await, "id").to_string();
     for i in 1..=5 {
         cust.say(&cid, &format!("a{i}"), &format!("first {i}")).await;
     }
-    // A second without writes: the store folds the log into the message table.
-    let mut folded = false;
-    for _ in 0..50 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let (logged, stored) = log_and_table_rows(dir.path());
-        if logged == 0 && stored >= 5 {
-            folded = true;
-            break;
-        }
-    }
-    assert!(folded, "the log was not folded after 5 s without writes: {:?}", log_and_table_rows(dir.path()));
+    // A restart folds the log into the message table.
+    srv.kill9();
+    drop(cust);
+    let srv = Server::start_in(&dir, &args);
+    let (logged, stored) = log_and_table_rows(dir.path());
+    assert_eq!((logged, stored >= 5), (0, true), "after the restart's fold: {logged} logged, {stored} stored");
+    let mut cust = Client::customer_with_token(&srv, "Ann", &token).await;
     for i in 6..=10 {
         cust.say(&cid, &format!("a{i}"), &format!("then {i}")).await;
     }
     let (logged, _) = log_and_table_rows(dir.path());
-    assert!(logged >= 5, "the last five should be in the log: {logged}");
+    assert_eq!(logged, 5, "the last five are in the log");
 
     let seqs = |h: &Value| -> Vec<u64> {
         h["messages"].as_array().expect("messages").iter().map(|m| u64_of(m, "seq")).collect()
@@ -285,12 +283,58 @@ async fn history_joins_folded_and_logged_messages() {
     let bodies: Vec<&str> = msgs.iter().filter_map(|m| m["body"].as_str()).collect();
     let want: Vec<String> = (1..=10).map(|i| format!("{} {i}", if i <= 5 { "first" } else { "then" })).collect();
     assert_eq!(bodies, want);
-    // A returning customer's conversation list counts the logged messages.
-    drop(cust);
-    let cust = Client::customer_with_token(&srv, "Ann", &token).await;
-    let listed = cust.welcome["conversations"]
-        .as_array()
-        .and_then(|l| l.iter().find(|c| c["id"] == cid.as_str()).cloned())
-        .unwrap_or_else(|| panic!("conversation not in welcome: {}", cust.welcome));
-    assert_eq!(listed["last_seq"], 10, "{listed}");
+    // Over HTTP too.
+    let agent = login(&srv, ANN.0, ANN.1).await;
+    let (status, page) = get_json(&srv, &format!("/api/conversations/{cid}/messages"), Some(&agent)).await;
+    assert_eq!(status, 200, "{page}");
+    let http_seqs: Vec<u64> = page["messages"].as_array().expect("messages").iter().map(|m| u64_of(m, "seq")).collect();
+    assert_eq!(http_seqs, (1..=10).collect::<Vec<u64>>(), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folding_under_traffic_loses_nothing() {
+    const N: usize = 60;
+    let dir = data_dir();
+    // The log moves every 20 ms: folds run between the sends.
+    let args = ["--rate-per-sec", "10000", "--rate-burst", "10000", "--fold-after-ms", "20"];
+    let mut srv = Server::start_in(&dir, &args);
+    let mut custs = Vec::new();
+    for name in ["Ann", "Bob", "Cid"] {
+        let mut c = Client::customer(&srv, name).await;
+        let cid = str_of(&c.open("support").await, "id").to_string();
+        custs.push((c, cid, Vec::new()));
+    }
+    for i in 0..N {
+        for (c, cid, acks) in custs.iter_mut() {
+            acks.push(c.say(cid, &format!("t{i}"), &format!("traffic {i}")).await);
+        }
+        if i % 10 == 0 {
+            // Read while folding: every acked message, once, in order.
+            let (c, cid, acks) = &mut custs[i % 3];
+            let (msgs, _) = c.sync_all(cid).await;
+            let ids: Vec<&Value> = msgs.iter().map(|m| &m["id"]).collect();
+            assert_eq!(ids, acks.iter().map(|a| &a["id"]).collect::<Vec<_>>());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    srv.kill9();
+    let srv = Server::start_in(&dir, &args);
+    for (c, cid, acks) in custs.iter_mut() {
+        let token = c.token.clone().expect("token");
+        let mut c = Client::customer_with_token(&srv, "again", &token).await;
+        let (msgs, _) = c.sync_all(cid).await;
+        let got: Vec<(&Value, &Value)> = msgs.iter().map(|m| (&m["id"], &m["seq"])).collect();
+        let want: Vec<(&Value, &Value)> = acks.iter().map(|a| (&a["id"], &a["seq"])).collect();
+        assert_eq!(got, want, "every acked message once, in order, after folds and a kill -9");
+    }
+    // With no writes, the log empties.
+    let mut empty = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if log_and_table_rows(dir.path()).0 == 0 {
+            empty = true;
+            break;
+        }
+    }
+    assert!(empty, "the log was not folded: {:?}", log_and_table_rows(dir.path()));
 }

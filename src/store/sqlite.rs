@@ -51,8 +51,6 @@ const BOT_MAX_ACTIVE: u32 = 1000;
 /// Log rows after which new messages go to the other log table (once that
 /// one is folded and emptied).
 const EPOCH_ROWS: usize = 32_768;
-/// Age after which the log moves to its other table even with fewer rows.
-const EPOCH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 /// Messages a commit folds at least, while some conversations are left to
 /// fold, besides [`FOLD_PER_APPEND`] per message it appends: folding keeps
 /// pace with the log, spread over many commits so that none takes long.
@@ -61,8 +59,6 @@ const FOLD_PER_APPEND: usize = 2;
 /// Log rows after which the log moves even if the other table is not all
 /// folded yet: the rest is folded at once (only if folding cannot keep up).
 const LOG_MAX_ROWS: usize = 4 * EPOCH_ROWS;
-/// With no writes for this long, the writer folds the whole log.
-const IDLE_FOLD: std::time::Duration = std::time::Duration::from_secs(1);
 /// The message log's two tables, used in turn.
 const LOG_TABLES: [&str; 2] = ["message_log_0", "message_log_1"];
 
@@ -172,9 +168,11 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 impl SqliteStore {
     /// Opens the store and starts its writer thread; completions of writes go to `done`.
+    /// `fold_after`: how long a message may stay in the message log (see [`Log`]).
     pub fn open(
         data_dir: &Path,
         full_sync: bool,
+        fold_after: std::time::Duration,
         done: UnboundedSender<Vec<Completion>>,
     ) -> Result<SqliteStore, String> {
         fold_log(&mut open_admin(data_dir)?)?;
@@ -198,7 +196,7 @@ impl SqliteStore {
                 let tails = tails.clone();
                 move || {
                     let _alive = alive;
-                    writer_loop(conn, rx, done, tails)
+                    writer_loop(conn, rx, done, tails, fold_after)
                 }
             })
             .map_err(|e| format!("cannot start the store writer: {e}"))?;
@@ -301,8 +299,8 @@ fn client_key(sender_id: &str, client_id: &str) -> String {
 
 /// Where new messages are logged, and which conversations are left to fold.
 ///
-/// Appends go to one log table (`cur`) for about [`EPOCH_TIME`] or
-/// [`EPOCH_ROWS`] rows. Then the log moves to the other table, and every
+/// Appends go to one log table (`cur`) for `fold_after` (from its first row)
+/// or [`EPOCH_ROWS`] rows. Then the log moves to the other table, and every
 /// conversation with unfolded messages is put in `pending`; each commit folds
 /// a few of them (all their unfolded messages, whichever table they are in),
 /// and the commit that folds the last one empties the table the log left,
@@ -315,6 +313,8 @@ struct Log {
     /// Rows appended to it.
     rows: usize,
     started: std::time::Instant,
+    /// Age of the current table's first row after which the log moves.
+    fold_after: std::time::Duration,
     /// The other table still holds rows.
     other_dirty: bool,
     /// Conversations with messages in the other table, not folded yet.
@@ -332,8 +332,9 @@ struct FoldPlan {
 }
 
 impl Log {
-    fn new() -> Log {
-        Log { cur: 0, rows: 0, started: std::time::Instant::now(), other_dirty: false, pending: Vec::new() }
+    fn new(fold_after: std::time::Duration) -> Log {
+        let started = std::time::Instant::now();
+        Log { cur: 0, rows: 0, started, fold_after, other_dirty: false, pending: Vec::new() }
     }
 
     fn table(&self) -> &'static str {
@@ -341,7 +342,7 @@ impl Log {
     }
 
     fn move_due(&self) -> bool {
-        self.rows >= EPOCH_ROWS || (self.rows > 0 && self.started.elapsed() >= EPOCH_TIME)
+        self.rows >= EPOCH_ROWS || (self.rows > 0 && self.started.elapsed() >= self.fold_after)
     }
 
     /// Nothing is logged that is not folded.
@@ -406,13 +407,14 @@ fn writer_loop(
     rx: std_mpsc::Receiver<(u64, WriteOp)>,
     done: UnboundedSender<Vec<Completion>>,
     tails: SharedTails,
+    fold_after: std::time::Duration,
 ) {
     let mut seqs = SeqCache::new();
-    let mut log = Log::new();
+    let mut log = Log::new(fold_after);
     let mut groups = 0u32;
     let mut last_group = 0;
     loop {
-        let first = match rx.recv_timeout(IDLE_FOLD) {
+        let first = match rx.recv_timeout(fold_after) {
             Ok(op) => Some(op),
             // Idle: fold the whole log, if there is anything to fold.
             Err(std_mpsc::RecvTimeoutError::Timeout) if log.is_empty(&tails.lock()) => continue,
@@ -429,7 +431,8 @@ fn writer_loop(
         }
         // Under load (the last group held more than one write), wait a little
         // for more writes before committing: one commit then carries many.
-        let gather = (last_group > 1).then(|| std::time::Instant::now() + GATHER);
+        // (An idle fold takes no writes.)
+        let gather = (first.is_some() && last_group > 1).then(|| std::time::Instant::now() + GATHER);
         let mut writer = Writer { conn: &mut conn, seqs: &mut seqs, log: &mut log, tails: &tails };
         let completions = writer.commit_group(first, &rx, gather);
         last_group = completions.len();
@@ -466,6 +469,7 @@ impl Writer<'_> {
         gather: Option<std::time::Instant>,
     ) -> Vec<Completion> {
         let idle = first.is_none();
+        debug_assert!(!idle || gather.is_none(), "an idle fold gathers no writes");
         // Gathered before the transaction begins: the write lock is held only to
         // apply and commit, and the checkpoint thread can take it meanwhile.
         let mut ops: Vec<(u64, WriteOp)> = first.into_iter().collect();
@@ -562,8 +566,10 @@ impl Writer<'_> {
         for (table, mut rowids) in LOG_TABLES.iter().zip(by_table) {
             if rowids.len() > 1 {
                 rowids.push(']');
+                // A message is folded once: a clash of seqs fails the group
+                // rather than dropping one of the two.
                 tx.prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO messages ({MSG_COLS}) SELECT {MSG_COLS} FROM {table}
+                    "INSERT INTO messages ({MSG_COLS}) SELECT {MSG_COLS} FROM {table}
                      WHERE rowid IN (SELECT value FROM json_each(?1))"
                 ))?
                 .execute(params![rowids])?;
@@ -894,32 +900,36 @@ fn conversations(c: &Connection, f: &ConvFilter) -> rusqlite::Result<Vec<ConvRow
     .collect()
 }
 
-/// Rows read by `read`, their last seqs counting unfolded messages. Exact: if
-/// a fold moved messages while `read` ran, it reads again (at last with folds
-/// held off), since its rows may miss what the tails no longer hold.
+/// Rows read by `read`, their last seqs counting unfolded messages. A
+/// closed conversation's row holds its last seq; an open one's is its newest
+/// message's, folded (in `messages`) or not (in the tails). A message folded
+/// while `read` ran may be in neither of what it saw, so if a fold happened
+/// meanwhile, each open row's last seq is looked up again, the tail first.
 fn with_tails(
+    c: &Connection,
     tails: &SharedTails,
-    read: impl Fn() -> rusqlite::Result<Vec<ConvRow>>,
+    read: impl FnOnce() -> rusqlite::Result<Vec<ConvRow>>,
 ) -> rusqlite::Result<Vec<ConvRow>> {
-    let add_tails = |rows: &mut Vec<ConvRow>, tails: &Tails| {
-        for r in rows {
+    let folds = tails.lock().folds;
+    let mut rows = read()?;
+    let folded_meanwhile = {
+        let tails = tails.lock();
+        for r in rows.iter_mut() {
             if let Some(u) = tails.by_conv.get(&r.id).and_then(|t| t.last()) {
                 r.last_seq = r.last_seq.max(u.msg.seq);
             }
         }
+        tails.folds != folds
     };
-    for _ in 0..2 {
-        let folds = tails.lock().folds;
-        let mut rows = read()?;
-        let tails = tails.lock();
-        if tails.folds == folds {
-            add_tails(&mut rows, &tails);
-            return Ok(rows);
+    if folded_meanwhile {
+        for r in rows.iter_mut().filter(|r| r.status != ConvStatus::Closed) {
+            let tail = tails.lock().by_conv.get(&r.id).and_then(|t| t.last()).map_or(0, |u| u.msg.seq);
+            let folded: u64 = c
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?1")?
+                .query_row(params![r.id], |row| row.get(0))?;
+            r.last_seq = r.last_seq.max(tail).max(folded);
         }
     }
-    let tails = tails.lock();
-    let mut rows = read()?;
-    add_tails(&mut rows, &tails);
     Ok(rows)
 }
 
@@ -969,13 +979,13 @@ impl Store for SqliteStore {
                     .query_map(params![id], conv_from_row)?
                     .collect()
             };
-            Ok(with_tails(&tails, read)?.pop())
+            Ok(with_tails(c, &tails, read)?.pop())
         })
     }
 
     fn conversations(&self, f: ConvFilter) -> StoreFuture<Vec<ConvRow>> {
         let tails = self.tails.clone();
-        self.read(move |c| with_tails(&tails, || conversations(c, &f)))
+        self.read(move |c| with_tails(c, &tails, || conversations(c, &f)))
     }
 
     fn agent_by_id(&self, id: &str) -> StoreFuture<Option<AgentRow>> {
@@ -1064,5 +1074,95 @@ pub fn remove_agent(conn: &Connection, name: &str) -> Result<(), String> {
         Ok(0) => Err(format!("no agent named `{name}`")),
         Ok(_) => Ok(()),
         Err(e) => Err(format!("cannot remove agent: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unfolded(conversation: &str, seq: u64, table: usize) -> Unfolded {
+        let msg = Message {
+            id: format!("m_{conversation}_{seq}"),
+            conversation: conversation.to_string(),
+            seq,
+            ts: 0,
+            from: User { id: "v_1".into(), role: Role::Customer, name: "Ann".into() },
+            kind: MsgKind::Text,
+            body: String::new(),
+            client_id: None,
+            event: None,
+        };
+        Unfolded { msg: Arc::new(msg), table, rowid: seq as i64 }
+    }
+
+    /// What a commit of `plan` does to the tails: the planned conversations'
+    /// unfolded messages leave. Checks that a table emptied by the plan holds
+    /// nothing unfolded any more.
+    fn fold(log: &Log, tails: &mut Tails, plan: &FoldPlan) {
+        for c in &plan.convs {
+            tails.by_conv.remove(c);
+        }
+        let left_in = |table: usize| tails.by_conv.values().flatten().filter(|u| u.table == table).count();
+        if plan.clear_other {
+            assert_eq!(left_in(log.cur ^ 1), 0, "a log table emptied while it held unfolded messages");
+        }
+        if plan.all {
+            assert!(tails.by_conv.is_empty(), "a fold of everything left messages");
+        }
+    }
+
+    /// Many commits of appends to 40 conversations, in bursts, with the log moving
+    /// whenever it may (`fold_after` zero), idle folds now and then, and one
+    /// commit past the row bound: no table is emptied while anything in it is
+    /// unfolded, every conversation's unfolded messages stay in seq order,
+    /// and once appends stop everything of the table the log left is folded.
+    #[test]
+    fn a_log_table_is_emptied_only_once_all_of_it_is_folded() {
+        let mut log = Log::new(std::time::Duration::ZERO);
+        let mut tails = Tails::default();
+        let mut seqs: HashMap<String, u64> = HashMap::new();
+        let mut rng = 12345u64;
+        let mut moves = 0;
+        let mut partial_folds = 0;
+        for step in 0..3000 {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let all = step % 97 == 96;
+            // Bursts, then a few quiet commits that fold what the burst left.
+            let n_new = match step % 5 {
+                _ if all => 0,
+                0 => 150 + (rng >> 33) as usize % 100,
+                _ => (rng >> 33) as usize % 4,
+            };
+            let plan = log.plan(&tails, all, n_new);
+            if !all && !plan.convs.is_empty() && plan.convs.len() < log.pending.len() {
+                partial_folds += 1;
+            }
+            fold(&log, &mut tails, &plan);
+            for i in 0..n_new {
+                let c = format!("c{}", (rng >> (i % 24)) % 40);
+                let seq = seqs.entry(c.clone()).or_insert(0);
+                *seq += 1;
+                tails.by_conv.entry(c.clone()).or_default().push(unfolded(&c, *seq, log.cur));
+            }
+            let before = log.cur;
+            // Once, a commit as if the log had passed its row bound.
+            let appended = if step == 1500 { LOG_MAX_ROWS } else { n_new };
+            log.committed(&plan, appended, &tails);
+            moves += usize::from(log.cur != before);
+            for t in tails.by_conv.values() {
+                assert!(t.windows(2).all(|w| w[0].msg.seq + 1 == w[1].msg.seq), "a tail out of order");
+            }
+        }
+        assert!(moves > 100, "the log moved {moves} times");
+        assert!(partial_folds > 100, "{partial_folds} commits folded only part of what was pending");
+        // No more appends: the table the log left gets folded and emptied.
+        for _ in 0..1000 {
+            let plan = log.plan(&tails, false, 0);
+            fold(&log, &mut tails, &plan);
+            log.committed(&plan, 0, &tails);
+        }
+        assert!(!log.other_dirty && log.pending.is_empty());
+        assert!(tails.by_conv.values().flatten().all(|u| u.table == log.cur));
     }
 }
