@@ -15,6 +15,7 @@ use crate::protocol::{now_ms, MsgKind, Role};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -91,7 +92,7 @@ type SharedTails = Arc<Mutex<Tails>>;
 
 /// A message in the log, and where: the fold copies its row by rowid.
 struct Unfolded {
-    msg: Arc<Message>,
+    msg: Message,
     table: usize,
     rowid: i64,
 }
@@ -337,10 +338,6 @@ impl Log {
         Log { cur: 0, rows: 0, started, fold_after, other_dirty: false, pending: Vec::new() }
     }
 
-    fn table(&self) -> &'static str {
-        LOG_TABLES[self.cur]
-    }
-
     fn move_due(&self) -> bool {
         self.rows >= EPOCH_ROWS || (self.rows > 0 && self.started.elapsed() >= self.fold_after)
     }
@@ -481,7 +478,7 @@ impl Writer<'_> {
                 }
             }
         }
-        let (results, rowids, plan, folded) = match self.run(&mut ops, rx, idle) {
+        let Committed { results, appended, plan, folded } = match self.run(&mut ops, rx, idle) {
             Ok(done) => done,
             Err(e) => {
                 log::error!("store: a group of {} writes failed and was rolled back: {e}", ops.len());
@@ -491,7 +488,6 @@ impl Writer<'_> {
             }
         };
         // Committed: folded messages leave the tails, new ones join them.
-        let mut appended = 0;
         {
             let mut tails = self.tails.lock();
             for (conv, n) in &folded {
@@ -505,42 +501,35 @@ impl Writer<'_> {
             if !folded.is_empty() {
                 tails.folds += 1;
             }
-            let mut rowids = rowids.into_iter();
-            for r in &results {
-                if let Ok(WriteOutcome::Appended { message, duplicate: false }) = r {
-                    let Some(rowid) = rowids.next() else { break };
-                    let u = Unfolded { msg: Arc::new(message.clone()), table: self.log.cur, rowid };
-                    tails.by_conv.entry(message.conversation.clone()).or_default().push(u);
-                    appended += 1;
-                }
+            let n = appended.len();
+            for u in appended {
+                tails.by_conv.entry(u.msg.conversation.clone()).or_default().push(u);
             }
-            self.log.committed(&plan, appended, &tails);
+            self.log.committed(&plan, n, &tails);
         }
         ops.into_iter().zip(results).map(|((token, _), result)| Completion { token, result }).collect()
     }
 
-    /// The transaction of [`Writer::commit_group`]: each op's result, the
-    /// log rowid of each message appended, what was folded, and how many
-    /// messages of each conversation that was.
-    #[allow(clippy::type_complexity)]
+    /// The transaction of [`Writer::commit_group`].
     fn run(
         &mut self,
         ops: &mut Vec<(u64, WriteOp)>,
         rx: &std_mpsc::Receiver<(u64, WriteOp)>,
         idle: bool,
-    ) -> rusqlite::Result<(Vec<Result<WriteOutcome, StoreError>>, Vec<i64>, FoldPlan, Vec<(String, usize)>)> {
+    ) -> rusqlite::Result<Committed> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(ops.len());
-        let mut rowids = Vec::with_capacity(ops.len());
+        let mut appended = Vec::with_capacity(ops.len());
         while !idle && out.len() < MAX_BATCH {
             if out.len() == ops.len() {
                 let Ok(op) = rx.try_recv() else { break };
                 ops.push(op);
             }
-            let res = apply(&tx, self.seqs, self.tails, &out, self.log.table(), &ops[out.len()].1)?;
-            if let Ok(WriteOutcome::Appended { duplicate: false, .. }) = &res {
+            let res = apply(&tx, self.seqs, self.tails, &out, self.log.cur, &ops[out.len()].1)?;
+            if let Ok(WriteOutcome::Appended { message, duplicate: false }) = &res {
                 // The op's last insert was the message's, into the log.
-                rowids.push(tx.last_insert_rowid());
+                let rowid = tx.last_insert_rowid();
+                appended.push(Unfolded { msg: message.clone(), table: self.log.cur, rowid });
             }
             out.push(res);
         }
@@ -548,31 +537,29 @@ impl Writer<'_> {
         // statement per log table.
         let (plan, folded, by_table) = {
             let tails = self.tails.lock();
-            let plan = self.log.plan(&tails, idle, rowids.len());
+            let plan = self.log.plan(&tails, idle, appended.len());
             let mut by_table = [String::from("["), String::from("[")];
             let mut folded = Vec::with_capacity(plan.convs.len());
             for (c, tail) in plan.convs.iter().filter_map(|c| tails.by_conv.get(c).map(|t| (c, t))) {
                 for u in tail {
                     let list = &mut by_table[u.table];
-                    if list.len() > 1 {
-                        list.push(',');
-                    }
-                    list.push_str(&u.rowid.to_string());
+                    let sep = if list.len() > 1 { "," } else { "" };
+                    let _ = write!(list, "{sep}{}", u.rowid);
                 }
                 folded.push((c.clone(), tail.len()));
             }
             (plan, folded, by_table)
         };
-        for (table, mut rowids) in LOG_TABLES.iter().zip(by_table) {
-            if rowids.len() > 1 {
-                rowids.push(']');
+        for (table, mut list) in LOG_TABLES.iter().zip(by_table) {
+            if list.len() > 1 {
+                list.push(']');
                 // A message is folded once: a clash of seqs fails the group
                 // rather than dropping one of the two.
                 tx.prepare_cached(&format!(
                     "INSERT INTO messages ({MSG_COLS}) SELECT {MSG_COLS} FROM {table}
                      WHERE rowid IN (SELECT value FROM json_each(?1))"
                 ))?
-                .execute(params![rowids])?;
+                .execute(params![list])?;
             }
         }
         if plan.clear_other {
@@ -582,8 +569,19 @@ impl Writer<'_> {
             tx.execute(&format!("DELETE FROM {}", LOG_TABLES[self.log.cur]), [])?;
         }
         tx.commit()?;
-        Ok((out, rowids, plan, folded))
+        Ok(Committed { results: out, appended, plan, folded })
     }
+}
+
+/// What a group's transaction did.
+struct Committed {
+    /// Each op's result.
+    results: Vec<Result<WriteOutcome, StoreError>>,
+    /// The messages it logged.
+    appended: Vec<Unfolded>,
+    plan: FoldPlan,
+    /// How many unfolded messages of each planned conversation it folded.
+    folded: Vec<(String, usize)>,
 }
 
 /// Messages this group appended so far (not in the tails before it commits).
@@ -629,7 +627,7 @@ fn conv_seq<'a>(
             }
         }
         let tails = tails.lock();
-        let unfolded = tails.by_conv.get(id).into_iter().flatten().map(|u| &*u.msg);
+        let unfolded = tails.by_conv.get(id).into_iter().flatten().map(|u| &u.msg);
         for m in unfolded.chain(group_messages(group, id)) {
             conv.last_seq = conv.last_seq.max(m.seq);
             if let Some(cid) = &m.client_id {
@@ -655,7 +653,7 @@ fn original(
         return Ok(Some(m.clone()));
     }
     if let Some(u) = tails.lock().by_conv.get(conversation).and_then(|t| t.iter().find(|u| u.msg.seq == seq)) {
-        return Ok(Some((*u.msg).clone()));
+        return Ok(Some(u.msg.clone()));
     }
     tx.prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"))?
         .query_row(params![conversation, seq as i64], message_from_row)
@@ -664,13 +662,13 @@ fn original(
 
 /// Outer error: the database failed (fails the batch). Inner error: the op
 /// was refused. `group`: the results of the group's earlier ops; new
-/// messages go to the log table `log`.
+/// messages go to the log table `log` (an index in [`LOG_TABLES`]).
 fn apply(
     tx: &rusqlite::Transaction,
     seqs: &mut SeqCache,
     tails: &SharedTails,
     group: &[Result<WriteOutcome, StoreError>],
-    log: &str,
+    log: usize,
     op: &WriteOp,
 ) -> rusqlite::Result<Result<WriteOutcome, StoreError>> {
     match op {
@@ -796,12 +794,14 @@ fn apply(
     }
 }
 
-/// Adds a message to the log table `log`.
-fn insert_message(tx: &rusqlite::Transaction, log: &str, m: &Message) -> rusqlite::Result<()> {
-    tx.prepare_cached(&format!(
-        "INSERT INTO {log} ({MSG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-    ))?
-    .execute(params![
+/// The insert into each log table, built once: it runs for every message.
+static LOG_INSERTS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    LOG_TABLES.map(|t| format!("INSERT INTO {t} ({MSG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"))
+});
+
+/// Adds a message to the log table `log` (an index in [`LOG_TABLES`]).
+fn insert_message(tx: &rusqlite::Transaction, log: usize, m: &Message) -> rusqlite::Result<()> {
+    tx.prepare_cached(&LOG_INSERTS[log])?.execute(params![
         m.conversation,
         m.seq as i64,
         m.id,
@@ -953,7 +953,7 @@ impl Store for SqliteStore {
                 .flatten()
                 .filter(|u| u.msg.seq > after_seq)
                 .take(limit as usize + 1)
-                .map(|u| (*u.msg).clone())
+                .map(|u| u.msg.clone())
                 .collect();
             let mut rows: Vec<Message> = c
                 .prepare_cached(&format!(
@@ -1093,7 +1093,7 @@ mod tests {
             client_id: None,
             event: None,
         };
-        Unfolded { msg: Arc::new(msg), table, rowid: seq as i64 }
+        Unfolded { msg, table, rowid: seq as i64 }
     }
 
     /// What a commit of `plan` does to the tails: the planned conversations'
