@@ -2,7 +2,12 @@
 //! protocol, storage or acknowledgements. A client connects to
 //! `/ws?room=NAME`; every text frame it sends is copied to the other members
 //! of that room. One thread, like a Parley node pinned to one core.
-//!   cargo run --release --example floor-relay -- 127.0.0.1:18602
+//!   cargo run --release --example floor-relay -- 127.0.0.1:18602 [--ack]
+//!
+//! With `--ack` it also answers every text frame to its sender with a short
+//! frame, `ack:` and the frame's first two fields (`ack:t:MICROS`): the one
+//! frame per message that Parley's protocol adds, with nothing else, so the
+//! benchmark can tell what that frame alone costs on this machine.
 
 use futures_util::{SinkExt, StreamExt};
 use std::cell::RefCell;
@@ -17,6 +22,7 @@ type Rooms = Rc<RefCell<HashMap<String, Vec<(u64, UnboundedSender<Message>)>>>>;
 
 fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18602".into());
+    let ack = std::env::args().skip(2).any(|a| a == "--ack");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -32,12 +38,12 @@ fn main() {
         let mut next_id = 0u64;
         while let Ok((stream, _)) = listener.accept().await {
             next_id += 1;
-            tokio::task::spawn_local(member(stream, next_id, rooms.clone()));
+            tokio::task::spawn_local(member(stream, next_id, rooms.clone(), ack));
         }
     });
 }
 
-async fn member(stream: TcpStream, id: u64, rooms: Rooms) {
+async fn member(stream: TcpStream, id: u64, rooms: Rooms, ack: bool) {
     let _ = stream.set_nodelay(true);
     let mut room = String::from("lobby");
     // The callback's error type is tungstenite's own HTTP response.
@@ -53,6 +59,7 @@ async fn member(stream: TcpStream, id: u64, rooms: Rooms) {
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, pick_room).await else { return };
     let (mut sink, mut source) = ws.split();
     let (tx, mut rx) = unbounded_channel::<Message>();
+    let own = tx.clone();
     rooms.borrow_mut().entry(room.clone()).or_default().push((id, tx));
     let writer = tokio::task::spawn_local(async move {
         while let Some(m) = rx.recv().await {
@@ -71,7 +78,11 @@ async fn member(stream: TcpStream, id: u64, rooms: Rooms) {
         }
     });
     while let Some(Ok(m)) = source.next().await {
-        if let Message::Text(_) = m {
+        if let Message::Text(t) = &m {
+            if ack {
+                let end = t.match_indices(':').nth(1).map_or(t.len(), |(i, _)| i);
+                let _ = own.send(Message::Text(format!("ack:{}", &t[..end])));
+            }
             if let Some(members) = rooms.borrow().get(&room) {
                 for (other, tx) in members {
                     if *other != id {

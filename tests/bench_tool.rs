@@ -194,14 +194,29 @@ fn small_conversations(target: &str, addr: &str, pid: u32) -> Value {
     v
 }
 
-#[test]
-fn floor_relay_target_relays_within_rooms() {
+/// The floor relay, started with `extra` arguments; and its port.
+fn floor_relay(extra: &[&str]) -> (Relay, u16) {
     let exe = Path::new(BIN).parent().unwrap().join("examples").join("floor-relay");
     assert!(exe.exists(), "{} is missing: build it with `cargo build --examples`", exe.display());
     let port = free_port();
     let mut cmd = Command::new(exe);
-    cmd.arg(format!("127.0.0.1:{port}"));
-    let relay = Relay::start(cmd);
+    cmd.arg(format!("127.0.0.1:{port}")).args(extra);
+    (Relay::start(cmd), port)
+}
+
+#[test]
+fn floor_relay_with_acks_answers_every_frame() {
+    let (relay, port) = floor_relay(&["--ack"]);
+    let v = small_conversations("relay-ack", &format!("127.0.0.1:{port}"), relay.0.id());
+    assert_eq!(v["target"], "relay-ack", "{v}");
+    // Every frame sent was answered once, and its ack latency recorded.
+    assert_eq!(v["acked"], v["sent"], "{v}");
+    assert_eq!(v["ack_latency"]["count"], v["sent"], "{v}");
+}
+
+#[test]
+fn floor_relay_target_relays_within_rooms() {
+    let (relay, port) = floor_relay(&[]);
     let v = small_conversations("relay", &format!("127.0.0.1:{port}"), relay.0.id());
     assert!(v["ack_latency"].is_null(), "a relay has no acks: {v}");
 

@@ -62,6 +62,9 @@ enum Target {
     Parley,
     /// The floor relay of bench/floor-relay.rs: `/ws?room=NAME`, frames copied to the room.
     Relay,
+    /// The floor relay started with `--ack`: it also answers each frame to its
+    /// sender (`ack:t:MICROS`), which is recorded as the ack latency.
+    RelayAck,
     /// A Socket.IO 4 server relaying `msg` events within the room of `?room=NAME`.
     Socketio,
 }
@@ -71,6 +74,7 @@ impl Target {
         match self {
             Target::Parley => "parley",
             Target::Relay => "relay",
+            Target::RelayAck => "relay-ack",
             Target::Socketio => "socketio",
         }
     }
@@ -285,7 +289,7 @@ async fn until(rx: &mut Rx, what: &str, pred: impl Fn(&Value) -> bool) -> Result
 async fn member(ctx: &Ctx, room: &str) -> Result<(Tx, Rx), String> {
     match ctx.target {
         Target::Parley => Err("a room member needs a relay target".into()),
-        Target::Relay => connect_path(ctx, &format!("/ws?room={room}")).await,
+        Target::Relay | Target::RelayAck => connect_path(ctx, &format!("/ws?room={room}")).await,
         Target::Socketio => {
             let (mut tx, mut rx) =
                 connect_path(ctx, &format!("/socket.io/?EIO=4&transport=websocket&room={room}")).await?;
@@ -544,7 +548,7 @@ async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
                 };
                 match target {
                     Target::Parley => on_parley_frame(&t, &mut load.borrow_mut(), &pending, &mut last_seq),
-                    Target::Relay => on_relay_body(&t, &mut load.borrow_mut(), &mut last_seq),
+                    Target::Relay | Target::RelayAck => on_relay_body(&t, &mut load.borrow_mut(), &mut last_seq),
                     Target::Socketio if t == "2" => {
                         let _ = tx.lock().await.send(Message::Text("3".into())).await;
                     }
@@ -585,7 +589,7 @@ async fn side(tx: Tx, mut rx: Rx, plan: SidePlan, load: Rc<RefCell<Load>>) {
                     pending.borrow_mut().insert(cid.clone(), t0);
                     json!({"type": "send", "conversation": plan.conv, "client_id": cid, "body": body}).to_string()
                 }
-                Target::Relay => body,
+                Target::Relay | Target::RelayAck => body,
                 Target::Socketio => format!("42[\"msg\",\"{body}\"]"),
             };
             if tx.lock().await.send(Message::Text(frame)).await.is_err() {
@@ -666,8 +670,17 @@ fn on_parley_frame(
     }
 }
 
-/// A body relayed from the other member of a relay's room: `t:MICROS:N:...`.
+/// A body relayed from the other member of a relay's room, `t:MICROS:N:...`,
+/// or the `--ack` relay's answer to one of ours, `ack:t:MICROS`.
 fn on_relay_body(body: &str, l: &mut Load, last_seq: &mut HashMap<String, u64>) {
+    if let Some(ack) = body.strip_prefix("ack:") {
+        if let Some(t0) = ack.split(':').nth(1).and_then(|s| s.parse::<u64>().ok()) {
+            let now = l.micros();
+            let _ = l.ack.record(now.saturating_sub(t0).max(1));
+            l.acked += 1;
+        }
+        return;
+    }
     let n = body.split(':').nth(2).and_then(|s| s.parse().ok()).unwrap_or(0);
     on_delivery(l, last_seq.entry(String::new()).or_insert(0), n, body);
 }
@@ -809,7 +822,7 @@ async fn run_load(
         "lost": lost, "duplicated": l.duplicated, "out_of_order": l.out_of_order, "errors": l.errors,
         "first_error": l.first_error,
         "latency": percentiles(&l.e2e),
-        "ack_latency": if target == Target::Parley { percentiles(&l.ack) } else { Value::Null },
+        "ack_latency": if matches!(target, Target::Parley | Target::RelayAck) { percentiles(&l.ack) } else { Value::Null },
         "server_cpu_secs": cpu.map(round3),
         "store_writes_per_commit": writes_per_commit,
         "server_cpu_secs_per_million": cpu.map(|c| round3(c / (l.delivered.max(1) as f64) * 1e6)),
