@@ -578,7 +578,7 @@ impl ChatServer {
                         self.send(sid, &f);
                     }
                     ReplyTo::HttpSend(tx) => {
-                        let _ = tx.send(Ok(message.clone()));
+                        let _ = tx.send(Ok(Message::clone(&message)));
                     }
                     ReplyTo::None => {}
                 }
@@ -586,7 +586,7 @@ impl ChatServer {
                     self.deliver(&message, exclude);
                     let note = message.kind == MsgKind::Note;
                     if self.webhooks.wants("message.created") && (!note || self.webhooks.notes()) {
-                        self.webhooks.emit("message.created", json!({ "message": message }));
+                        self.webhooks.emit("message.created", json!({ "message": &*message }));
                     }
                 }
             }

@@ -19,6 +19,7 @@ use crate::error::StoreError;
 use crate::protocol::{ConvStatus, Message, Ts, User};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
@@ -103,14 +104,14 @@ pub enum WriteOp {
     Read { conversation: String, user_id: String, seq: u64 },
 }
 
-/// What a committed write produced. (Not boxed: `Appended` is the common case.)
-#[allow(clippy::large_enum_variant)]
+/// What a committed write produced.
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
     Done,
-    /// The stored message (the original one when `duplicate`).
+    /// The stored message (the original one when `duplicate`), shared with
+    /// the store's in-memory tail of messages not yet folded.
     Appended {
-        message: Message,
+        message: Arc<Message>,
         duplicate: bool,
     },
 }

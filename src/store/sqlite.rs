@@ -56,6 +56,8 @@ const EPOCH_ROWS: usize = 32_768;
 /// fold, besides [`FOLD_PER_APPEND`] per message it appends: folding keeps
 /// pace with the log, spread over many commits so that none takes long.
 const FOLD_MIN: usize = 32;
+/// Room for unfolded messages a new tail starts with.
+const TAIL_CAPACITY: usize = 16;
 const FOLD_PER_APPEND: usize = 2;
 /// Log rows after which the log moves even if the other table is not all
 /// folded yet: the rest is folded at once (only if folding cannot keep up).
@@ -92,7 +94,8 @@ type SharedTails = Arc<Mutex<Tails>>;
 
 /// A message in the log, and where: the fold copies its row by rowid.
 struct Unfolded {
-    msg: Message,
+    /// Shared with the write's outcome: logging a message copies nothing.
+    msg: Arc<Message>,
     table: usize,
     rowid: i64,
 }
@@ -503,7 +506,17 @@ impl Writer<'_> {
             }
             let n = appended.len();
             for u in appended {
-                tails.by_conv.entry(u.msg.conversation.clone()).or_default().push(u);
+                match tails.by_conv.get_mut(&u.msg.conversation) {
+                    Some(tail) => tail.push(u),
+                    None => {
+                        // Room for a few seconds of a typical conversation,
+                        // so the tail seldom grows (and moves) while it waits.
+                        let mut tail = Vec::with_capacity(TAIL_CAPACITY);
+                        let conv = u.msg.conversation.clone();
+                        tail.push(u);
+                        tails.by_conv.insert(conv, tail);
+                    }
+                }
             }
             self.log.committed(&plan, n, &tails);
         }
@@ -525,7 +538,10 @@ impl Writer<'_> {
                 let Ok(op) = rx.try_recv() else { break };
                 ops.push(op);
             }
-            let res = apply(&tx, self.seqs, self.tails, &out, self.log.cur, &ops[out.len()].1)?;
+            // The op itself is no longer needed (a failed group answers by
+            // token alone): its message moves into the outcome.
+            let op = std::mem::replace(&mut ops[out.len()].1, WriteOp::Barrier);
+            let res = apply(&tx, self.seqs, self.tails, &out, self.log.cur, op)?;
             if let Ok(WriteOutcome::Appended { message, duplicate: false }) = &res {
                 // The op's last insert was the message's, into the log.
                 let rowid = tx.last_insert_rowid();
@@ -588,7 +604,7 @@ struct Committed {
 fn group_messages<'a>(
     group: &'a [Result<WriteOutcome, StoreError>],
     conversation: &'a str,
-) -> impl Iterator<Item = &'a Message> + 'a {
+) -> impl Iterator<Item = &'a Arc<Message>> + 'a {
     group.iter().filter_map(move |r| match r {
         Ok(WriteOutcome::Appended { message, duplicate: false }) if message.conversation == conversation => {
             Some(message)
@@ -647,7 +663,7 @@ fn original(
     conv: Option<&ConvSeq>,
     key: Option<&String>,
     conversation: &str,
-) -> rusqlite::Result<Option<Message>> {
+) -> rusqlite::Result<Option<Arc<Message>>> {
     let Some(&seq) = conv.zip(key).and_then(|(c, k)| c.client_ids.get(k)) else { return Ok(None) };
     if let Some(m) = group_messages(group, conversation).find(|m| m.seq == seq) {
         return Ok(Some(m.clone()));
@@ -658,6 +674,7 @@ fn original(
     tx.prepare_cached(&format!("SELECT {MSG_COLS} FROM messages WHERE conversation_id = ?1 AND seq = ?2"))?
         .query_row(params![conversation, seq as i64], message_from_row)
         .optional()
+        .map(|m| m.map(Arc::new))
 }
 
 /// Outer error: the database failed (fails the batch). Inner error: the op
@@ -669,7 +686,7 @@ fn apply(
     tails: &SharedTails,
     group: &[Result<WriteOutcome, StoreError>],
     log: usize,
-    op: &WriteOp,
+    op: WriteOp,
 ) -> rusqlite::Result<Result<WriteOutcome, StoreError>> {
     match op {
         WriteOp::Barrier => Ok(Ok(WriteOutcome::Done)),
@@ -710,7 +727,7 @@ fn apply(
                 return Ok(Err(StoreError::Conflict(format!("conversation {} is closed", m.conversation))));
             }
             let seq = conv.last_seq + 1;
-            let message = m.clone().with_seq(seq);
+            let message = m.with_seq(seq);
             insert_message(tx, log, &message)?;
             conv.last_seq = seq;
             if let Some(key) = key {
@@ -719,17 +736,17 @@ fn apply(
             if conv.closed {
                 // Readers take a closed conversation's last seq from its row.
                 tx.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")?
-                    .execute(params![m.conversation, seq as i64])?;
-                seqs.remove(&m.conversation);
+                    .execute(params![message.conversation, seq as i64])?;
+                seqs.remove(&message.conversation);
             }
-            Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
+            Ok(Ok(WriteOutcome::Appended { message: Arc::new(message), duplicate: false }))
         }
         WriteOp::Update { status, agent, queued_at, event } => {
             let Some(last_seq) = conv_seq(tx, seqs, tails, group, &event.conversation)?.map(|c| c.last_seq) else {
                 return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
             };
             let seq = last_seq + 1;
-            let closed_at = (*status == ConvStatus::Closed).then_some(event.ts);
+            let closed_at = (status == ConvStatus::Closed).then_some(event.ts);
             tx.prepare_cached(
                 "UPDATE conversations SET status = ?2, agent_id = ?3, agent_name = ?4, queued_at = ?5,
                  closed_at = COALESCE(?6, closed_at), last_seq = ?7 WHERE id = ?1",
@@ -743,16 +760,16 @@ fn apply(
                 closed_at,
                 seq as i64
             ])?;
-            let message = event.clone().with_seq(seq);
+            let message = event.with_seq(seq);
             insert_message(tx, log, &message)?;
-            if *status == ConvStatus::Closed {
+            if status == ConvStatus::Closed {
                 // Closed conversations see little more; they are read back if they do.
-                seqs.remove(&event.conversation);
-            } else if let Some(c) = seqs.get_mut(&event.conversation) {
+                seqs.remove(&message.conversation);
+            } else if let Some(c) = seqs.get_mut(&message.conversation) {
                 c.last_seq = seq;
                 c.closed = false;
             }
-            Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
+            Ok(Ok(WriteOutcome::Appended { message: Arc::new(message), duplicate: false }))
         }
         WriteOp::Rate { score, comment, event } => {
             let state: Option<(String, Option<i64>)> = tx
@@ -776,19 +793,19 @@ fn apply(
             tx.prepare_cached(
                 "UPDATE conversations SET rating = ?2, rating_comment = ?3, last_seq = ?4 WHERE id = ?1",
             )?
-            .execute(params![event.conversation, *score as i64, comment, seq as i64])?;
-            let message = event.clone().with_seq(seq);
+            .execute(params![event.conversation, score as i64, comment, seq as i64])?;
+            let message = event.with_seq(seq);
             insert_message(tx, log, &message)?;
             // Only closed conversations are rated: it need not stay cached.
-            seqs.remove(&event.conversation);
-            Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
+            seqs.remove(&message.conversation);
+            Ok(Ok(WriteOutcome::Appended { message: Arc::new(message), duplicate: false }))
         }
         WriteOp::Read { conversation, user_id, seq } => {
             tx.prepare_cached(
                 "INSERT INTO read_markers (conversation_id, user_id, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (conversation_id, user_id) DO UPDATE SET seq = max(seq, excluded.seq)",
             )?
-            .execute(params![conversation, user_id, *seq as i64])?;
+            .execute(params![conversation, user_id, seq as i64])?;
             Ok(Ok(WriteOutcome::Done))
         }
     }
@@ -953,7 +970,7 @@ impl Store for SqliteStore {
                 .flatten()
                 .filter(|u| u.msg.seq > after_seq)
                 .take(limit as usize + 1)
-                .map(|u| u.msg.clone())
+                .map(|u| Message::clone(&u.msg))
                 .collect();
             let mut rows: Vec<Message> = c
                 .prepare_cached(&format!(
@@ -1093,7 +1110,7 @@ mod tests {
             client_id: None,
             event: None,
         };
-        Unfolded { msg, table, rowid: seq as i64 }
+        Unfolded { msg: Arc::new(msg), table, rowid: seq as i64 }
     }
 
     /// What a commit of `plan` does to the tails: the planned conversations'
