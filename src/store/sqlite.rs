@@ -474,11 +474,13 @@ impl Writer<'_> {
         // apply and commit, and the checkpoint thread can take it meanwhile.
         let mut ops: Vec<(u64, WriteOp)> = first.into_iter().collect();
         if let Some(until) = gather {
+            // Asleep through the whole wait, then take what came: a writer
+            // blocked on the channel would be woken (a context switch on a
+            // busy core) by every write as it arrived.
+            std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
             while ops.len() < MAX_BATCH {
-                match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
-                }
+                let Ok(op) = rx.try_recv() else { break };
+                ops.push(op);
             }
         }
         let Committed { results, appended, plan, folded } = match self.run(&mut ops, rx, idle) {
