@@ -162,7 +162,7 @@ pub struct ServeArgs {
     /// log before they are folded into the message table, both under
     /// traffic and once writes stop. Longer: fewer pages written per
     /// message, more memory and a longer fold at the next start after a crash.
-    #[arg(long, env = "PARLEY_FOLD_AFTER_MS", default_value_t = 1000,
+    #[arg(long, env = "PARLEY_FOLD_AFTER_MS", default_value_t = 4000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub fold_after_ms: u64,
 }
