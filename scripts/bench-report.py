@@ -52,8 +52,11 @@ def main(results_path, out):
         + node_version()
         + ", WebSocket transport, each pair of clients in its own room, `msg` events relayed to the room.",
         "- **floor relay**: `bench/floor-relay.rs`, one tokio thread relaying WebSocket text frames within a room: "
-        "the least this machine needs to move a message, with no protocol, storage or acks.\n",
-        "Reproduce with `scripts/bench` (about 10 minutes; `PAIRS`, `RATES`, `DURATION`, `IDLE`, `STORM` and "
+        "the least this machine needs to move a message, with no protocol, storage or acks.",
+        "- **floor relay + acks**: the same relay started with `--ack`, which also answers every frame to its "
+        "sender with a short frame (`ack:t:MICROS`): the one extra frame per message that Parley's protocol "
+        "requires, and nothing else. Against it, Parley's CPU shows what JSON, routing and storage cost.\n",
+        "Reproduce with `scripts/bench` (about 20 minutes; `PAIRS`, `RATES`, `DURATION`, `IDLE`, `STORM` and "
         "`TARGETS` override the standard set). CPU is the server process's user + system time from "
         "`/proc/PID/stat`, so it is comparable even where the load generator is the limit.\n",
     ]

@@ -56,9 +56,9 @@ const EPOCH_ROWS: usize = 32_768;
 /// fold, besides [`FOLD_PER_APPEND`] per message it appends: folding keeps
 /// pace with the log, spread over many commits so that none takes long.
 const FOLD_MIN: usize = 32;
+const FOLD_PER_APPEND: usize = 2;
 /// Room for unfolded messages a new tail starts with.
 const TAIL_CAPACITY: usize = 16;
-const FOLD_PER_APPEND: usize = 2;
 /// Log rows after which the log moves even if the other table is not all
 /// folded yet: the rest is folded at once (only if folding cannot keep up).
 const LOG_MAX_ROWS: usize = 4 * EPOCH_ROWS;
