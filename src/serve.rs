@@ -47,9 +47,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     // The store's writer must be the database's only writer (it keeps each
     // open conversation's seq and client ids in memory): one server per data dir.
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    let mut conn = sqlite::open_admin(&cfg.data_dir)?;
-    // Messages the last run logged and did not fold: before anything is read.
-    sqlite::fold_log(&mut conn)?;
+    // Opened first: it folds what the last run logged and did not fold, so
+    // the reads below see every message.
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cfg.sync_full, cfg.fold_after, done_tx)?);
+    let conn = sqlite::open_admin(&cfg.data_dir)?;
     let mut agents = sqlite::all_agents(&conn).map_err(|e| format!("cannot read agents: {e}"))?;
     if agents.is_empty() {
         let pw = random_password();
@@ -65,7 +67,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     );
     trim_heap();
     let system = actix::System::new();
-    system.block_on(async move { serve(cfg, signer, agents, open).await })
+    system.block_on(async move { serve(cfg, signer, store, done_rx, agents, open).await })
 }
 
 /// Holds an exclusive lock on `DATA_DIR/parley.lock` for as long as the
@@ -88,11 +90,11 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
 async fn serve(
     cfg: Arc<Config>,
     signer: Arc<Signer>,
+    store: Arc<dyn Store>,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<Vec<crate::store::Completion>>,
     agents: Vec<crate::store::AgentRow>,
     open: Vec<crate::store::ConvRow>,
 ) -> Result<(), String> {
-    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cfg.sync_full, cfg.fold_after, done_tx)?);
     log::info!("loaded {} open conversations and {} agents from {}", open.len(), agents.len(), cfg.db_path().display());
     // The ChatServer gets its own thread, apart from the HTTP workers.
     let arbiter = Arbiter::new();

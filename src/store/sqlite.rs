@@ -126,9 +126,9 @@ pub fn open_admin(data_dir: &Path) -> Result<Connection, String> {
 }
 
 /// Folds whatever the message log holds into `messages`: what a server that
-/// stopped (or crashed) had not folded yet. Only a server, holding the data
-/// dir's lock, may call it: a running server's writer owns the log.
-pub fn fold_log(conn: &mut Connection) -> Result<(), String> {
+/// stopped (or crashed) had not folded yet. Only the store's opening, under
+/// the data dir's lock, calls it: a running server's writer owns the log.
+fn fold_log(conn: &mut Connection) -> Result<(), String> {
     let fold = |conn: &mut Connection| -> rusqlite::Result<usize> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut folded = 0;
@@ -171,7 +171,8 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 impl SqliteStore {
-    /// Opens the store and starts its writer thread; completions of writes go to `done`.
+    /// Opens the store, folding what the last run left in the message log, and
+    /// starts its writer thread; completions of writes go to `done`.
     /// `fold_after`: how long a message may stay in the message log (see [`Log`]).
     pub fn open(
         data_dir: &Path,
@@ -179,10 +180,12 @@ impl SqliteStore {
         fold_after: std::time::Duration,
         done: UnboundedSender<Vec<Completion>>,
     ) -> Result<SqliteStore, String> {
-        fold_log(&mut open_admin(data_dir)?)?;
-        let tails = SharedTails::default();
+        drop(open_admin(data_dir)?);
         let path = data_dir.join("parley.db");
-        let conn = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let mut conn = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // The tails start empty: so must the log.
+        fold_log(&mut conn)?;
+        let tails = SharedTails::default();
         conn.busy_handler(Some(writer_busy)).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let ckpt = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         // The checkpoint thread never waits for a lock: it tries again next time.
