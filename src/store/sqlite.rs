@@ -132,7 +132,7 @@ fn fold_log(conn: &mut Connection) -> Result<(), String> {
     let fold = |conn: &mut Connection| -> rusqlite::Result<usize> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut folded = 0;
-        for table in LOG_TABLES {
+        for (table, sql) in LOG_TABLES.iter().zip(LOG_SQL.iter()) {
             // A message folded before the stop is in both: kept once.
             folded += tx.execute(
                 &format!(
@@ -141,7 +141,7 @@ fn fold_log(conn: &mut Connection) -> Result<(), String> {
                 ),
                 [],
             )?;
-            tx.execute(&format!("DELETE FROM {table}"), [])?;
+            tx.execute(&sql.clear, [])?;
         }
         tx.commit()?;
         Ok(folded)
@@ -571,23 +571,17 @@ impl Writer<'_> {
             }
             (plan, folded, by_table)
         };
-        for (table, mut list) in LOG_TABLES.iter().zip(by_table) {
+        for (sql, mut list) in LOG_SQL.iter().zip(by_table) {
             if list.len() > 1 {
                 list.push(']');
-                // A message is folded once: a clash of seqs fails the group
-                // rather than dropping one of the two.
-                tx.prepare_cached(&format!(
-                    "INSERT INTO messages ({MSG_COLS}) SELECT {MSG_COLS} FROM {table}
-                     WHERE rowid IN (SELECT value FROM json_each(?1))"
-                ))?
-                .execute(params![list])?;
+                tx.prepare_cached(&sql.fold)?.execute(params![list])?;
             }
         }
         if plan.clear_other {
-            tx.execute(&format!("DELETE FROM {}", LOG_TABLES[self.log.cur ^ 1]), [])?;
+            tx.execute(&LOG_SQL[self.log.cur ^ 1].clear, [])?;
         }
         if plan.all {
-            tx.execute(&format!("DELETE FROM {}", LOG_TABLES[self.log.cur]), [])?;
+            tx.execute(&LOG_SQL[self.log.cur].clear, [])?;
         }
         tx.commit()?;
         Ok(Committed { results: out, appended, plan, folded })
@@ -816,14 +810,32 @@ fn apply(
     }
 }
 
-/// The insert into each log table, built once: it runs for every message.
-static LOG_INSERTS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-    LOG_TABLES.map(|t| format!("INSERT INTO {t} ({MSG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"))
+/// The writer's statements on one log table.
+struct LogSql {
+    /// Logs a message (runs for every message).
+    insert: String,
+    /// Copies the rows whose rowids are in the JSON array `?1` into
+    /// `messages`. A message is folded once: a clash of seqs fails the group
+    /// rather than dropping one of the two.
+    fold: String,
+    /// Empties the table.
+    clear: String,
+}
+
+/// [`LogSql`] of each of [`LOG_TABLES`], built once.
+static LOG_SQL: std::sync::LazyLock<[LogSql; 2]> = std::sync::LazyLock::new(|| {
+    LOG_TABLES.map(|t| LogSql {
+        insert: format!("INSERT INTO {t} ({MSG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        fold: format!(
+            "INSERT INTO messages ({MSG_COLS}) SELECT {MSG_COLS} FROM {t} WHERE rowid IN (SELECT value FROM json_each(?1))"
+        ),
+        clear: format!("DELETE FROM {t}"),
+    })
 });
 
 /// Adds a message to the log table `log` (an index in [`LOG_TABLES`]).
 fn insert_message(tx: &rusqlite::Transaction, log: usize, m: &Message) -> rusqlite::Result<()> {
-    tx.prepare_cached(&LOG_INSERTS[log])?.execute(params![
+    tx.prepare_cached(&LOG_SQL[log].insert)?.execute(params![
         m.conversation,
         m.seq as i64,
         m.id,
