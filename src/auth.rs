@@ -16,6 +16,9 @@ use crate::protocol::Role;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Why a token of an account whose password changed since is refused.
+pub const REVOKED: &str = "token: revoked (the password was changed): sign in again";
+
 /// Name of the file in the data dir that keeps a generated secret.
 const SECRET_FILE: &str = "secret";
 
@@ -30,6 +33,18 @@ pub struct Claims {
     pub name: String,
     /// Expiry, Unix seconds.
     pub exp: u64,
+    /// Issued at, Unix milliseconds (0 in tokens from before it was recorded:
+    /// void once the account's password changes).
+    #[serde(default)]
+    pub iat: u64,
+}
+
+impl Claims {
+    /// Time left before expiry.
+    pub fn ttl(&self) -> std::time::Duration {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        std::time::Duration::from_secs(self.exp).saturating_sub(now)
+    }
 }
 
 /// Signs and checks tokens with one HMAC-SHA256 key.
@@ -79,7 +94,13 @@ impl Signer {
     }
 
     pub fn issue(&self, sub: &str, role: Role, name: &str, ttl_secs: u64) -> String {
-        let claims = Claims { sub: sub.to_string(), role, name: name.to_string(), exp: unix_secs() + ttl_secs };
+        let claims = Claims {
+            sub: sub.to_string(),
+            role,
+            name: name.to_string(),
+            exp: unix_secs() + ttl_secs,
+            iat: crate::protocol::now_ms().max(0) as u64,
+        };
         let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let sig = B64.encode(self.mac(payload.as_bytes()));
         format!("{payload}.{sig}")
@@ -215,7 +236,7 @@ mod tests {
     #[test]
     fn expired_token_is_refused() {
         let s = Signer::new(b"0123456789abcdef0123456789abcdef");
-        let claims = Claims { sub: "v_1".into(), role: Role::Customer, name: "A".into(), exp: 1 };
+        let claims = Claims { sub: "v_1".into(), role: Role::Customer, name: "A".into(), exp: 1, iat: 0 };
         let payload = B64.encode(serde_json::to_vec(&claims).unwrap());
         let sig = B64.encode(s.mac(payload.as_bytes()));
         assert_eq!(s.verify(&format!("{payload}.{sig}")), Err("token expired"));

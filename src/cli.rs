@@ -1,4 +1,4 @@
-//! `parley agent add|list|remove`: account management on the data dir,
+//! `parley agent add|list|passwd|remove`: account management on the data dir,
 //! safe to run while a server uses it (SQLite locking).
 
 use crate::config::AgentCommand;
@@ -8,18 +8,7 @@ use std::io::BufRead;
 pub fn agent(cmd: AgentCommand) -> Result<(), String> {
     match cmd {
         AgentCommand::Add { name, password, password_stdin, max_active, bot, data } => {
-            let password = match (password, password_stdin) {
-                (Some(p), false) => p,
-                (None, true) => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .lock()
-                        .read_line(&mut line)
-                        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
-                    line.trim_end_matches(['\r', '\n']).to_string()
-                }
-                _ => return Err("give the password with --password PW or --password-stdin".into()),
-            };
+            let password = password_from(password, password_stdin)?;
             let conn = sqlite::open_admin(&data.data_dir)?;
             let a = sqlite::add_agent(&conn, &name, &password, max_active, bot)?;
             println!("added agent {} ({}){}", a.name, a.id, if bot { " [bot]" } else { "" });
@@ -37,11 +26,34 @@ pub fn agent(cmd: AgentCommand) -> Result<(), String> {
             }
             Ok(())
         }
+        AgentCommand::Passwd { name, password, password_stdin, data } => {
+            let password = password_from(password, password_stdin)?;
+            let conn = sqlite::open_admin(&data.data_dir)?;
+            sqlite::set_password(&conn, &name, &password)?;
+            println!("changed the password of agent {name}; tokens issued before are revoked");
+            Ok(())
+        }
         AgentCommand::Remove { name, data } => {
             let conn = sqlite::open_admin(&data.data_dir)?;
             sqlite::remove_agent(&conn, &name)?;
             println!("removed agent {name}");
             Ok(())
         }
+    }
+}
+
+/// The password from `--password PW`, or the first line of standard input.
+fn password_from(password: Option<String>, stdin: bool) -> Result<String, String> {
+    match (password, stdin) {
+        (Some(p), false) => Ok(p),
+        (None, true) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+            Ok(line.trim_end_matches(['\r', '\n']).to_string())
+        }
+        _ => Err("give the password with --password PW or --password-stdin".into()),
     }
 }

@@ -69,7 +69,21 @@ pub enum AgentCommand {
         #[command(flatten)]
         data: DataDirArg,
     },
-    /// Remove an agent account.
+    /// Change an agent's password; every token issued before is revoked and
+    /// the agent's open sessions end within seconds (they sign in again).
+    Passwd {
+        name: String,
+        /// The new password (visible in the process list; prefer --password-stdin).
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the new password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Remove an agent account (a running server ends its sessions within
+    /// seconds and returns its conversations to the queue at once).
     Remove {
         name: String,
         #[command(flatten)]

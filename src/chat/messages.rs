@@ -26,6 +26,9 @@ pub enum Outbound {
 pub struct Connect {
     pub sid: u64,
     pub user: User,
+    /// When the agent's token was issued (Unix ms; 0 for customers): a
+    /// password change after it ends the session.
+    pub token_iat: u64,
     /// The agent's account (agents only).
     pub agent: Option<AgentRow>,
     /// The customer's stored conversations (customers only).

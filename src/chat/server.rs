@@ -40,9 +40,14 @@ const POSITION_PUSHES_TO_AGENTS: usize = 100;
 /// How long a jammed connection may take to read its 4008 close frame before
 /// its socket is shut down.
 const JAM_FORCE_AFTER: Duration = Duration::from_secs(2);
+/// How often the agent accounts are reread, to notice accounts removed or
+/// passwords changed by `parley agent` while the server runs.
+const ACCOUNT_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 struct Sess {
     user: User,
+    /// When an agent's token was issued (Unix ms): a password change after it ends the session.
+    token_iat: u64,
     outbox: Recipient<Outbound>,
     queued: Arc<AtomicUsize>,
     jam: Option<Arc<JamSwitch>>,
@@ -106,6 +111,8 @@ pub struct ChatServer {
     /// Rooms whose queue positions changed, from this index on.
     position_rooms: HashMap<String, usize>,
     presence_agents: HashSet<String>,
+    /// A reread of the agent accounts is under way.
+    accounts_checking: bool,
 }
 
 impl ChatServer {
@@ -142,6 +149,7 @@ impl ChatServer {
             assign_rooms: HashSet::new(),
             position_rooms: HashMap::new(),
             presence_agents: HashSet::new(),
+            accounts_checking: false,
         };
         for a in agents {
             srv.agents.insert(a.id.clone(), srv.agent_state(&a));
@@ -742,15 +750,87 @@ impl ChatServer {
         if !a.sessions.is_empty() {
             return;
         }
+        self.requeue_all(agent_id, "agent_offline", "went offline");
+        self.finish(ctx);
+    }
+
+    /// Returns an absent agent's active conversations to the front of their
+    /// rooms' queues, newest last so the oldest stays first.
+    fn requeue_all(&mut self, agent_id: &str, reason: &str, why: &str) {
+        let Some(a) = self.agents.get_mut(agent_id) else { return };
         a.availability = Availability::Offline;
         let user = a.user.clone();
         let active: Vec<String> = a.active.iter().rev().cloned().collect();
         for cid in active {
             let Some(room) = self.convs.get(&cid).map(|c| c.room.clone()) else { continue };
-            log::info!("agent {} gone past the grace period: {cid} returns to the queue of {room}", user.id);
-            let event = json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room, "reason": "agent_offline"});
-            let body = format!("{} went offline; back in the queue", user.name);
+            log::info!("agent {} {why}: {cid} returns to the queue of {room}", user.id);
+            let event =
+                json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room, "reason": reason});
+            let body = format!("{} {why}; back in the queue", user.name);
             self.change(&cid, ConvStatus::Queued, None, None, QueuePlace::Front, event, body, ReplyTo::None);
+        }
+    }
+
+    /// Ends sessions whose credentials no longer stand (close 4501: the
+    /// client signs in again rather than reconnecting with the same token).
+    fn revoke_sessions(&mut self, sids: Vec<u64>, reason: &'static str, ctx: &mut Context<Self>) {
+        for sid in sids {
+            let Some(s) = self.sessions.get(&sid) else { continue };
+            log::info!("session s_{sid} ({}) ends: {reason}", s.user.id);
+            if s.outbox.try_send(Outbound::Close(close::UNAUTHORIZED, reason)).is_err() {
+                if let Some(j) = s.jam.clone() {
+                    j.trip();
+                    ctx.run_later(JAM_FORCE_AFTER, move |_, _| j.force());
+                }
+            }
+            self.remove_session(sid, ctx);
+        }
+    }
+
+    /// The agent accounts as stored now: sessions of removed accounts end
+    /// and their conversations go back to the queue at once (no grace for
+    /// an account that is gone); sessions opened with a token issued before
+    /// a password change end (the usual grace applies); names and
+    /// capacities follow the accounts.
+    fn refresh_accounts(&mut self, rows: Vec<AgentRow>, ctx: &mut Context<Self>) {
+        let rows: HashMap<String, AgentRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let known: Vec<String> = self.agents.keys().cloned().collect();
+        for id in known {
+            match rows.get(&id) {
+                None => {
+                    let Some(a) = self.agents.get(&id) else { continue };
+                    if a.sessions.is_empty() && a.active.is_empty() {
+                        self.agents.remove(&id);
+                        continue;
+                    }
+                    let sids: Vec<u64> = a.sessions.iter().copied().collect();
+                    self.revoke_sessions(sids, "account removed", ctx);
+                    if let Some(h) = self.agents.get_mut(&id).and_then(|a| a.grace.take()) {
+                        ctx.cancel_future(h);
+                    }
+                    self.requeue_all(&id, "agent_removed", "was removed");
+                    self.agents.remove(&id);
+                    self.presence_agents.remove(&id);
+                }
+                Some(row) => {
+                    let max = row.max_active.unwrap_or(self.cfg.max_active);
+                    let Some(a) = self.agents.get_mut(&id) else { continue };
+                    if a.max != max || a.user.name != row.name {
+                        a.max = max;
+                        a.user.name = row.name.clone();
+                        self.presence_agents.insert(id.clone());
+                        self.assign_rooms.extend(self.rooms.keys().cloned());
+                    }
+                    a.bot = row.bot;
+                    let stale: Vec<u64> = a
+                        .sessions
+                        .iter()
+                        .copied()
+                        .filter(|sid| self.sessions.get(sid).is_some_and(|s| !row.token_valid(s.token_iat)))
+                        .collect();
+                    self.revoke_sessions(stale, "password changed: sign in again", ctx);
+                }
+            }
         }
         self.finish(ctx);
     }
@@ -1371,6 +1451,20 @@ impl Actor for ChatServer {
                 a.grace = Some(handle);
             }
         }
+        ctx.run_interval(ACCOUNT_CHECK_EVERY, |act, ctx| {
+            if act.accounts_checking {
+                return;
+            }
+            act.accounts_checking = true;
+            let fut = act.store.agents();
+            ctx.spawn(fut.into_actor(act).map(|res, act, ctx| {
+                act.accounts_checking = false;
+                match res {
+                    Ok(rows) => act.refresh_accounts(rows, ctx),
+                    Err(e) => log::warn!("cannot reread the agent accounts: {e}"),
+                }
+            }));
+        });
         self.finish(ctx);
     }
 }
@@ -1463,8 +1557,15 @@ impl Handler<Connect> for ChatServer {
             limits: self.cfg.limits(),
         }
         .encode();
-        self.sessions
-            .insert(sid, Sess { user: m.user, outbox: m.outbox, queued: m.queued, jam: m.jam, rooms: HashSet::new() });
+        let sess = Sess {
+            user: m.user,
+            token_iat: m.token_iat,
+            outbox: m.outbox,
+            queued: m.queued,
+            jam: m.jam,
+            rooms: HashSet::new(),
+        };
+        self.sessions.insert(sid, sess);
         self.send(sid, &f);
         self.finish(ctx);
     }

@@ -32,7 +32,8 @@ async fn agent(req: &HttpRequest, app: &AppState) -> Result<User, ApiError> {
         return Err(ApiError::forbidden("agents only"));
     }
     match app.store.agent_by_id(&c.sub).await? {
-        Some(a) => Ok(User { id: a.id, role: Role::Agent, name: a.name }),
+        Some(a) if a.token_valid(c.iat) => Ok(User { id: a.id, role: Role::Agent, name: a.name }),
+        Some(_) => Err(ApiError::unauthorized(crate::auth::REVOKED)),
         None => Err(ApiError::unauthorized("token: this agent account no longer exists")),
     }
 }

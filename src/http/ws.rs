@@ -3,11 +3,14 @@
 
 use super::AppState;
 use crate::error::ApiError;
+use crate::session::frame_guard::GuardedPayload;
 use crate::session::ws::WsSession;
 use crate::session::{JamGuarded, JamSwitch};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// The accepted socket of a connection, recorded by `HttpServer::on_connect`.
 #[derive(Clone, Copy, Debug)]
@@ -41,8 +44,10 @@ pub async fn upgrade(
     super::metrics::counters().ws_connections.inc();
     let socket = req.conn_data::<ConnSocket>().map(|c| (c.fd, c.peer));
     let jam = JamSwitch::new(socket);
-    let session = WsSession::new(app.get_ref().clone(), jam.clone());
+    let oversize = Arc::new(AtomicBool::new(false));
+    let session = WsSession::new(app.get_ref().clone(), jam.clone(), oversize.clone());
     let codec = actix_http::ws::Codec::new().max_size(app.cfg.max_frame_bytes);
-    let body = ws::WebsocketContext::with_codec(session, stream, codec);
+    let guarded = GuardedPayload::new(stream, app.cfg.max_frame_bytes, oversize);
+    let body = ws::WebsocketContext::with_codec(session, guarded, codec);
     Ok(res.streaming(JamGuarded::new(body, jam)))
 }

@@ -48,6 +48,8 @@ pub struct Identity {
     agent: Option<AgentRow>,
     stored: Vec<ConvRow>,
     token: Option<String>,
+    /// An agent's token: when it was issued (Unix ms) and how long it has left.
+    agent_token: Option<(u64, std::time::Duration)>,
 }
 
 /// A refused `hello`: the error to send, then close with `code`.
@@ -206,12 +208,14 @@ impl Core {
                 };
                 Step::Authenticate(Box::pin(async move {
                     match store.agent_by_id(&claims.sub).await {
-                        Ok(Some(row)) => Ok(Identity {
+                        Ok(Some(row)) if row.token_valid(claims.iat) => Ok(Identity {
                             user: User { id: row.id.clone(), role: Role::Agent, name: row.name.clone() },
                             agent: Some(row),
                             stored: Vec::new(),
                             token: None,
+                            agent_token: Some((claims.iat, claims.ttl())),
                         }),
+                        Ok(Some(_)) => Err(unauthorized(r#ref.as_deref(), crate::auth::REVOKED)),
                         Ok(None) => Err(unauthorized(r#ref.as_deref(), "token: this agent account no longer exists")),
                         Err(e) => Err(storage_down(r#ref.as_deref(), e)),
                     }
@@ -234,16 +238,20 @@ impl Core {
                     } else {
                         Vec::new()
                     };
-                    Ok(Identity { user, agent: None, stored, token: Some(token) })
+                    Ok(Identity { user, agent: None, stored, token: Some(token), agent_token: None })
                 }))
             }
         }
     }
 
-    /// Registers with the ChatServer, which answers with `welcome`.
-    pub fn connect(&mut self, who: Identity, outbox: Recipient<Outbound>) {
+    /// Registers with the ChatServer, which answers with `welcome`. Returns
+    /// how long an agent's token has left: the transport ends the session
+    /// then (close 4501), so no session outlives its credentials.
+    pub fn connect(&mut self, who: Identity, outbox: Recipient<Outbound>) -> Option<std::time::Duration> {
         self.phase = Phase::Ready;
+        let expires = who.agent_token.map(|(_, ttl)| ttl);
         self.deps.server.do_send(Connect {
+            token_iat: who.agent_token.map(|(iat, _)| iat).unwrap_or(0),
             sid: self.sid,
             user: who.user,
             agent: who.agent,
@@ -253,6 +261,12 @@ impl Core {
             queued: self.queued.clone(),
             jam: Some(self.jam.clone()),
         });
+        expires
+    }
+
+    /// The refusal that ends a session whose token expired.
+    pub fn token_expired() -> Refusal {
+        unauthorized(None, "token expired: sign in again")
     }
 
     /// A frame the ChatServer queued is being written.

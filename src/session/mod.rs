@@ -4,6 +4,7 @@
 //! run (ARCHITECTURE.md, "known traps").
 
 pub mod core;
+pub mod frame_guard;
 pub mod tcp;
 pub mod ws;
 

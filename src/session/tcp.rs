@@ -118,7 +118,11 @@ impl TcpSession {
             Step::Close(code, reason) => self.close(code, &reason, ctx),
             Step::Authenticate(fut) => {
                 ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-                    Ok(who) => act.core.connect(who, ctx.address().recipient()),
+                    Ok(who) => {
+                        if let Some(left) = act.core.connect(who, ctx.address().recipient()) {
+                            ctx.run_later(left, |act, ctx| act.refuse(Core::token_expired(), ctx));
+                        }
+                    }
                     Err(r) => act.refuse(r, ctx),
                 }));
             }

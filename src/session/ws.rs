@@ -10,6 +10,7 @@ use crate::error::ApiError;
 use crate::protocol::{self, close};
 use actix::prelude::*;
 use actix_web_actors::ws;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,11 +19,13 @@ pub const SILENT_INTERVALS: u32 = 3;
 
 pub struct WsSession {
     core: Core,
+    /// Raised by the incoming stream's guard on an oversized frame.
+    oversize: Arc<AtomicBool>,
 }
 
 impl WsSession {
-    pub fn new(deps: SessionDeps, jam: Arc<JamSwitch>) -> Self {
-        WsSession { core: Core::new(deps, jam) }
+    pub fn new(deps: SessionDeps, jam: Arc<JamSwitch>, oversize: Arc<AtomicBool>) -> Self {
+        WsSession { core: Core::new(deps, jam), oversize }
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
@@ -43,7 +46,11 @@ impl WsSession {
             Step::Close(code, reason) => self.close(ctx, code, &reason),
             Step::Authenticate(fut) => {
                 ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-                    Ok(who) => act.core.connect(who, ctx.address().recipient()),
+                    Ok(who) => {
+                        if let Some(left) = act.core.connect(who, ctx.address().recipient()) {
+                            ctx.run_later(left, |act, ctx| act.refuse(ctx, Core::token_expired()));
+                        }
+                    }
                     Err(r) => act.refuse(ctx, r),
                 }));
             }
@@ -111,6 +118,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);
                 ctx.stop();
+            }
+            Err(ws::ProtocolError::Io(_)) if super::frame_guard::tripped(&self.oversize) => {
+                let why = format!("frame or message larger than {} bytes", self.core.deps.cfg.max_frame_bytes);
+                self.close(ctx, close::TOO_BIG, &why);
             }
             Err(ws::ProtocolError::Overflow) => {
                 let why = format!("frame larger than {} bytes", self.core.deps.cfg.max_frame_bytes);

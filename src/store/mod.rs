@@ -45,6 +45,15 @@ pub struct AgentRow {
     pub password_hash: String,
     pub max_active: Option<u32>,
     pub bot: bool,
+    /// Tokens issued before this (Unix ms) are void (a password change).
+    pub tokens_after: u64,
+}
+
+impl AgentRow {
+    /// Whether a token issued at `iat` (Unix ms) still stands for this account.
+    pub fn token_valid(&self, iat: u64) -> bool {
+        iat >= self.tokens_after
+    }
 }
 
 /// Filter for [`Store::conversations`].
@@ -134,6 +143,9 @@ pub trait Store: Send + Sync + 'static {
     fn conversations(&self, filter: ConvFilter) -> StoreFuture<Vec<ConvRow>>;
     fn agent_by_id(&self, id: &str) -> StoreFuture<Option<AgentRow>>;
     fn agent_by_name(&self, name: &str) -> StoreFuture<Option<AgentRow>>;
+    /// Every agent account, by name (the server rereads them to notice
+    /// accounts removed or changed by `parley agent`).
+    fn agents(&self) -> StoreFuture<Vec<AgentRow>>;
     /// Read markers of a conversation: (user id, seq).
     fn read_markers(&self, conversation: &str) -> StoreFuture<Vec<(String, u64)>>;
     /// Answers when the database does.

@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_client_ids_in_writer.sql"),
     include_str!("../../migrations/0003_message_log.sql"),
+    include_str!("../../migrations/0004_token_revocation.sql"),
 ];
 
 pub struct SqliteStore {
@@ -905,10 +906,11 @@ fn agent_from_row(r: &Row) -> rusqlite::Result<AgentRow> {
         password_hash: r.get(2)?,
         max_active: r.get(3)?,
         bot: r.get::<_, i64>(4)? != 0,
+        tokens_after: r.get::<_, i64>(5)? as u64,
     })
 }
 
-const AGENT_COLS: &str = "id, name, password_hash, max_active, bot";
+const AGENT_COLS: &str = "id, name, password_hash, max_active, bot, tokens_after";
 
 /// Conversations matching `f`, newest first.
 fn conversations(c: &Connection, f: &ConvFilter) -> rusqlite::Result<Vec<ConvRow>> {
@@ -1040,6 +1042,14 @@ impl Store for SqliteStore {
         })
     }
 
+    fn agents(&self) -> StoreFuture<Vec<AgentRow>> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?
+                .query_map([], agent_from_row)?
+                .collect()
+        })
+    }
+
     fn read_markers(&self, conversation: &str) -> StoreFuture<Vec<(String, u64)>> {
         let conversation = conversation.to_string();
         self.read(move |c| {
@@ -1095,11 +1105,28 @@ pub fn add_agent(
         "INSERT INTO agents (id, name, password_hash, max_active, bot, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![id, name, hash, max_active, bot as i64, now_ms()],
     ) {
-        Ok(_) => Ok(AgentRow { id, name: name.to_string(), password_hash: hash, max_active, bot }),
+        Ok(_) => Ok(AgentRow { id, name: name.to_string(), password_hash: hash, max_active, bot, tokens_after: 0 }),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
             Err(format!("an agent named `{name}` already exists"))
         }
         Err(e) => Err(format!("cannot add agent: {e}")),
+    }
+}
+
+/// Sets a new password and voids every token issued before now (sessions
+/// opened with them end within seconds: the server rereads the accounts).
+pub fn set_password(conn: &Connection, name: &str, password: &str) -> Result<(), String> {
+    if password.is_empty() {
+        return Err("password: must not be empty".into());
+    }
+    let hash = auth::hash_password(password)?;
+    match conn.execute(
+        "UPDATE agents SET password_hash = ?1, tokens_after = ?2 WHERE name = ?3",
+        params![hash, now_ms(), name],
+    ) {
+        Ok(0) => Err(format!("no agent named `{name}`")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot change the password: {e}")),
     }
 }
 
