@@ -168,6 +168,30 @@ pub struct ServeArgs {
     /// Also send internal notes as message.created webhooks.
     #[arg(long, env = "PARLEY_WEBHOOK_NOTES")]
     pub webhook_notes: bool,
+    /// Proxies whose X-Forwarded-For (client address) and X-Forwarded-Host/-Proto
+    /// headers are believed: IP addresses or CIDR networks, comma separated.
+    #[arg(long, env = "PARLEY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// The address users reach the server at (e.g. https://chat.example.com):
+    /// when set, it alone defines the server's own origin for the Origin check.
+    #[arg(long, env = "PARLEY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Open connections (WebSocket and TCP gateway) one client address may hold; 0: no limit.
+    #[arg(long, env = "PARLEY_MAX_CONNS_PER_ADDRESS", default_value_t = 200)]
+    pub max_conns_per_address: usize,
+    /// New conversations one client address may open per minute; 0: no limit.
+    #[arg(long, env = "PARLEY_OPENS_PER_MINUTE", default_value_t = 30)]
+    pub opens_per_minute: u32,
+    /// Wrong passwords one client address may try per minute before logins from it get 429.
+    #[arg(long, env = "PARLEY_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 10)]
+    pub login_failures_per_address: u32,
+    /// Wrong passwords for one account name per minute, from anywhere, before its logins get 429.
+    #[arg(long, env = "PARLEY_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 30)]
+    pub login_failures_per_account: u32,
+    /// A queued conversation whose customer has had no session for this long
+    /// leaves the queue as abandoned (closed, with an event), in milliseconds.
+    #[arg(long, env = "PARLEY_ABANDON_AFTER_MS", default_value_t = 300_000)]
+    pub abandon_after_ms: u64,
     /// SQLite durability: `full` fsyncs every commit (survives power loss),
     /// `normal` survives a process crash but may lose the last commits on power loss.
     #[arg(long, env = "PARLEY_SYNC", default_value = "full", value_parser = ["full", "normal"])]
@@ -213,6 +237,14 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     pub webhook_timeout_ms: u64,
     pub webhook_notes: bool,
+    pub trusted_proxies: Vec<crate::abuse::Net>,
+    /// The server's own origin (`scheme://host[:port]`), from --public-url.
+    pub public_origin: Option<String>,
+    pub max_conns_per_address: usize,
+    pub opens_per_minute: u32,
+    pub login_failures_per_address: u32,
+    pub login_failures_per_account: u32,
+    pub abandon_after: std::time::Duration,
 }
 
 /// Every webhook event name.
@@ -220,6 +252,24 @@ pub const WEBHOOK_EVENTS: &[&str] =
     &["conversation.created", "conversation.assigned", "conversation.closed", "conversation.rated", "message.created"];
 /// Default TCP gateway address.
 pub const DEFAULT_TCP_LISTEN: &str = "127.0.0.1:9000";
+
+/// `scheme://host[:port]` of an http(s) URL, lower-cased, without path.
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let host = rest.split(['/', '?', '#']).next()?.to_ascii_lowercase();
+    if host.is_empty() || host.contains('@') {
+        return None;
+    }
+    let host = match (scheme.as_str(), host.rsplit_once(':')) {
+        ("http", Some((h, "80"))) | ("https", Some((h, "443"))) => h.to_string(),
+        _ => host,
+    };
+    Some(format!("{scheme}://{host}"))
+}
 
 fn valid_room_name(r: &str) -> bool {
     !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -317,7 +367,29 @@ impl Config {
             webhook_events = WEBHOOK_EVENTS.iter().map(|s| s.to_string()).collect();
         }
         positive("webhook-timeout-ms", a.webhook_timeout_ms)?;
+        let trusted_proxies = a
+            .trusted_proxies
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| crate::abuse::Net::parse(s).map_err(|e| format!("--trusted-proxies: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let public_origin = match a.public_url.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(u) => Some(origin_of(u).ok_or_else(|| {
+                format!("--public-url: `{u}` is not an http:// or https:// URL (e.g. https://chat.example.com)")
+            })?),
+        };
+        positive("login-failures-per-address", a.login_failures_per_address as u64)?;
+        positive("login-failures-per-account", a.login_failures_per_account as u64)?;
+        positive("abandon-after-ms", a.abandon_after_ms)?;
         Ok(Config {
+            trusted_proxies,
+            public_origin,
+            max_conns_per_address: a.max_conns_per_address,
+            opens_per_minute: a.opens_per_minute,
+            login_failures_per_address: a.login_failures_per_address,
+            login_failures_per_account: a.login_failures_per_account,
+            abandon_after: std::time::Duration::from_millis(a.abandon_after_ms),
             tcp_listen,
             bot_first,
             webhooks,

@@ -4,6 +4,8 @@
 //! - `config`   every setting, its default and its environment variable
 //! - `protocol` protocol v1 types, close codes and the frame encoder
 //! - `error`    the error enum and its mapping to codes and HTTP statuses
+//! - `abuse`    per-client limits: client address, login throttle, connections
+//!   per address, keyed token buckets
 //! - `auth`     password hashes, signed tokens, ids
 //! - `session`  one actor per connection (WebSocket), rate limit, jam switch
 //! - `chat`     the ChatServer actor: routing, permissions, assignment, fan-out
@@ -13,6 +15,7 @@
 //! - `cli`      the `parley agent ...` commands
 //! - `webhooks` signed event posts to outside receivers, from a bounded queue
 
+pub mod abuse;
 pub mod auth;
 pub mod chat;
 pub mod cli;

@@ -27,6 +27,28 @@ pub mod close {
 pub const MAX_REF_CHARS: usize = 64;
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 pub const MAX_NAME_CHARS: usize = 64;
+
+/// Why a display name cannot be used, or `None` when it can: control
+/// characters, bidirectional overrides and invisible format characters
+/// (which let a name show as something else), and names that pass for the
+/// system ("Parley", "system").
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if char_len(name) > MAX_NAME_CHARS {
+        return Some("at most 64 characters");
+    }
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{061C}' | '\u{FEFF}')
+    };
+    if name.chars().any(hidden) {
+        return Some("control, direction-changing and invisible characters are not allowed");
+    }
+    let plain: String = name.chars().filter(|c| c.is_alphanumeric()).collect::<String>().to_lowercase();
+    if plain == "parley" || plain == "system" {
+        return Some("that name is reserved for the system");
+    }
+    None
+}
 pub const MAX_COMMENT_CHARS: usize = 1000;
 pub const SYNC_DEFAULT_LIMIT: u32 = 100;
 pub const SYNC_MAX_LIMIT: u32 = 500;
@@ -450,7 +472,10 @@ pub enum Out<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
         room: &'a str,
+        /// The oldest queued conversations, at most [`ROOM_QUEUE_LISTED`].
         queue: &'a [Conversation],
+        /// How many wait in all (the rest: `GET /api/conversations?room=&status=queued`).
+        queue_total: usize,
         agents: &'a [Presence],
     },
     Presence(&'a Presence),
@@ -486,6 +511,10 @@ pub fn error_frame(r#ref: Option<&str>, e: &ApiError) -> ByteString {
 
 /// A shared, serialized frame.
 pub type Encoded = ByteString;
+
+/// Queued conversations listed in a `room` reply (the oldest first); the
+/// reply's `queue_total` says how many wait in all.
+pub const ROOM_QUEUE_LISTED: usize = 100;
 
 /// Shared user record (cloned into many places).
 pub type SharedUser = Arc<User>;

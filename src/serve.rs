@@ -103,7 +103,8 @@ async fn serve(
     let server = ChatServer::start_in_arbiter(&arbiter.handle(), move |_| {
         ChatServer::new(c, s, open, agents, done_rx, webhooks)
     });
-    let state = AppState { cfg: cfg.clone(), server: server.clone(), store, signer };
+    let guard = crate::abuse::Guard::new(&cfg);
+    let state = AppState { cfg: cfg.clone(), server: server.clone(), store, signer, guard };
     if let Some((addr, explicit)) = &cfg.tcp_listen {
         match crate::session::tcp::listen(addr, state.clone()) {
             Ok(a) => println!("listening tcp={a}"),

@@ -81,7 +81,10 @@ fn bench_agents(n: usize) -> Vec<(String, &'static str, u32)> {
 fn parley_with_bench_agents(n: usize) -> Server {
     let agents = bench_agents(n);
     let refs: Vec<(&str, &str, u32)> = agents.iter().map(|(a, p, m)| (a.as_str(), *p, *m)).collect();
-    Server::with_agents(&refs, &["--rate-per-sec", "1000", "--rate-burst", "1000"])
+    // As scripts/bench runs it: every load client comes from 127.0.0.1.
+    let flags =
+        ["--rate-per-sec", "1000", "--rate-burst", "1000", "--max-conns-per-address", "0", "--opens-per-minute", "0"];
+    Server::with_agents(&refs, &flags)
 }
 
 #[test]

@@ -29,6 +29,8 @@ pub struct Connect {
     /// When the agent's token was issued (Unix ms; 0 for customers): a
     /// password change after it ends the session.
     pub token_iat: u64,
+    /// The client's address (limits on new conversations count per address).
+    pub addr: std::net::IpAddr,
     /// The agent's account (agents only).
     pub agent: Option<AgentRow>,
     /// The customer's stored conversations (customers only).

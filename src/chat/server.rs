@@ -23,9 +23,10 @@ use actix::{
 };
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Bound of the ChatServer's own mailbox; a session whose request does not fit
@@ -43,22 +44,33 @@ const JAM_FORCE_AFTER: Duration = Duration::from_secs(2);
 /// How often the agent accounts are reread, to notice accounts removed or
 /// passwords changed by `parley agent` while the server runs.
 const ACCOUNT_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Longest interval between looks for queued customers who left.
+const ABANDON_SWEEP_MAX: Duration = Duration::from_secs(10);
 
 struct Sess {
     user: User,
     /// When an agent's token was issued (Unix ms): a password change after it ends the session.
     token_iat: u64,
+    /// The client's address.
+    addr: IpAddr,
     outbox: Recipient<Outbound>,
     queued: Arc<AtomicUsize>,
     jam: Option<Arc<JamSwitch>>,
     rooms: HashSet<String>,
 }
 
-#[derive(Default)]
 struct Customer {
     sessions: HashSet<u64>,
     /// Non-closed conversations.
     open: Vec<String>,
+    /// Since when the customer has had no session (meaningful while `sessions` is empty).
+    away_since: Instant,
+}
+
+impl Default for Customer {
+    fn default() -> Self {
+        Customer { sessions: HashSet::new(), open: Vec::new(), away_since: Instant::now() }
+    }
 }
 
 /// Who receives the direct reply to a request.
@@ -113,6 +125,8 @@ pub struct ChatServer {
     presence_agents: HashSet<String>,
     /// A reread of the agent accounts is under way.
     accounts_checking: bool,
+    /// New conversations per client address.
+    opens: crate::abuse::Keyed<IpAddr>,
 }
 
 impl ChatServer {
@@ -150,6 +164,7 @@ impl ChatServer {
             position_rooms: HashMap::new(),
             presence_agents: HashSet::new(),
             accounts_checking: false,
+            opens: crate::abuse::Keyed::per_minute(cfg.opens_per_minute.max(1)),
         };
         for a in agents {
             srv.agents.insert(a.id.clone(), srv.agent_state(&a));
@@ -709,6 +724,7 @@ impl ChatServer {
             _ => {
                 if let Some(c) = self.customers.get_mut(&s.user.id) {
                     c.sessions.remove(&sid);
+                    c.away_since = Instant::now();
                     if c.sessions.is_empty() && c.open.is_empty() {
                         self.customers.remove(&s.user.id);
                     }
@@ -751,6 +767,34 @@ impl ChatServer {
             return;
         }
         self.requeue_all(agent_id, "agent_offline", "went offline");
+        self.finish(ctx);
+    }
+
+    /// Queued conversations whose customer has had no session for
+    /// `--abandon-after-ms` leave the queue, closed as abandoned: agents are
+    /// never handed a customer who left long ago, and a flood of
+    /// open-and-leave cannot fill the queue. A returning customer opens again.
+    fn sweep_abandoned(&mut self, ctx: &mut Context<Self>) {
+        let after = self.cfg.abandon_after;
+        let gone: Vec<String> = self
+            .rooms
+            .values()
+            .flat_map(|r| r.queue.iter())
+            .filter(|cid| {
+                self.convs.get(*cid).is_some_and(|c| {
+                    self.customers
+                        .get(&c.customer.id)
+                        .is_none_or(|cu| cu.sessions.is_empty() && cu.away_since.elapsed() >= after)
+                })
+            })
+            .cloned()
+            .collect();
+        for cid in gone {
+            log::info!("{cid}: the customer left {} s ago; closed as abandoned", after.as_secs());
+            let event = json!({"name": "closed", "by": null, "reason": "abandoned"});
+            let body = "The customer left before an agent was free".to_string();
+            self.change(&cid, ConvStatus::Closed, None, None, QueuePlace::Back, event, body, ReplyTo::None);
+        }
         self.finish(ctx);
     }
 
@@ -1069,6 +1113,17 @@ impl ChatServer {
             }
             return Ok(());
         }
+        let addr = who.sid.and_then(|sid| self.sessions.get(&sid)).map(|s| s.addr);
+        if let (Some(addr), true) = (addr, self.cfg.opens_per_minute > 0) {
+            if let Err(wait) = self.opens.take(&addr) {
+                let why = format!(
+                    "too many new conversations from your address (at most {} a minute): retry in {} s",
+                    self.cfg.opens_per_minute,
+                    wait.as_secs() + 1
+                );
+                return Err(ApiError::rate_limited(why, wait));
+            }
+        }
         let now = now_ms();
         let id = new_id("c_");
         let conv = Conv {
@@ -1173,13 +1228,16 @@ impl ChatServer {
         let queue: Vec<Conversation> = r
             .queue
             .iter()
+            .take(protocol::ROOM_QUEUE_LISTED)
             .enumerate()
             .filter_map(|(i, c)| self.convs.get(c).map(|c| c.snapshot(Some(i as u32 + 1))))
             .collect();
+        let queue_total = r.queue.len();
         let mut agents: Vec<Presence> =
             r.agents.keys().filter_map(|id| self.agents.get(id)).map(|a| a.presence(&room, true)).collect();
         agents.sort_by(|a, b| a.agent.name.cmp(&b.agent.name));
-        let f = Out::Room { r#ref: r#ref.as_deref(), room: &room, queue: &queue, agents: &agents }.encode();
+        let f =
+            Out::Room { r#ref: r#ref.as_deref(), room: &room, queue: &queue, queue_total, agents: &agents }.encode();
         let others: Vec<u64> = r.sessions.iter().copied().filter(|s| *s != sid).collect();
         self.send(sid, &f);
         if newly_present {
@@ -1451,6 +1509,8 @@ impl Actor for ChatServer {
                 a.grace = Some(handle);
             }
         }
+        let sweep = (self.cfg.abandon_after / 4).clamp(Duration::from_millis(100), ABANDON_SWEEP_MAX);
+        ctx.run_interval(sweep, |act, ctx| act.sweep_abandoned(ctx));
         ctx.run_interval(ACCOUNT_CHECK_EVERY, |act, ctx| {
             if act.accounts_checking {
                 return;
@@ -1560,6 +1620,7 @@ impl Handler<Connect> for ChatServer {
         let sess = Sess {
             user: m.user,
             token_iat: m.token_iat,
+            addr: m.addr,
             outbox: m.outbox,
             queued: m.queued,
             jam: m.jam,

@@ -11,8 +11,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-/// Closed conversations listed by `GET /api/conversations`, newest first.
-const CLOSED_LISTED: u32 = 200;
+/// Conversations per page of `GET /api/conversations`, by default and at most.
+const LIST_DEFAULT: usize = 100;
+const LIST_MAX: usize = 500;
+/// Closed conversations reachable by paging (newest first).
+const CLOSED_LISTED: usize = 10_000;
 
 fn claims(req: &HttpRequest, app: &AppState) -> Result<Claims, ApiError> {
     let h = req
@@ -53,8 +56,17 @@ pub struct Login {
     password: String,
 }
 
-pub async fn login(app: web::Data<AppState>, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+pub async fn login(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+    body: web::Json<Login>,
+) -> Result<HttpResponse, ApiError> {
     let Login { name, password } = body.into_inner();
+    let ip = super::ws::client_addr(&req, &app.cfg);
+    if let Err(wait) = app.guard.login_allowed(ip, &name) {
+        super::metrics::counters().logins_throttled.inc();
+        return Err(ApiError::rate_limited("too many wrong passwords: wait before trying again", wait));
+    }
     let row = app.store.agent_by_name(&name).await?;
     let hash = row.as_ref().map(|r| r.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_string());
     // Argon2 takes tens of milliseconds of CPU: keep it off the worker thread.
@@ -69,6 +81,7 @@ pub async fn login(app: web::Data<AppState>, body: web::Json<Login>) -> Result<H
         }
         _ => {
             super::metrics::counters().logins_failed.inc();
+            app.guard.login_failed(ip, &name);
             Err(ApiError::unauthorized("wrong name or password"))
         }
     }
@@ -79,6 +92,8 @@ pub async fn login(app: web::Data<AppState>, body: web::Json<Login>) -> Result<H
 pub struct ListQuery {
     room: Option<String>,
     status: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
 }
 
 pub async fn list_conversations(
@@ -88,6 +103,14 @@ pub async fn list_conversations(
 ) -> Result<HttpResponse, ApiError> {
     agent(&req, &app).await?;
     let q = q.into_inner();
+    let limit = q.limit.unwrap_or(LIST_DEFAULT);
+    if limit == 0 || limit > LIST_MAX {
+        return Err(ApiError::bad_request(format!("limit: must be 1 to {LIST_MAX}")));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset >= CLOSED_LISTED {
+        return Err(ApiError::bad_request(format!("offset: must be below {CLOSED_LISTED}")));
+    }
     let room = q.room.filter(|r| !r.is_empty());
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
@@ -108,14 +131,16 @@ pub async fn list_conversations(
             return Err(ApiError::not_found(format!("no room `{r}`")));
         }
     }
-    if status.is_none() || status == Some(ConvStatus::Closed) {
+    // One more than the page, to know whether another page follows.
+    let wanted = offset + limit + 1;
+    if (status.is_none() || status == Some(ConvStatus::Closed)) && list.len() < wanted {
         let rows = app
             .store
             .conversations(ConvFilter {
                 room,
                 status: Some(ConvStatus::Closed),
                 customer_id: None,
-                limit: CLOSED_LISTED,
+                limit: (wanted - list.len()) as u32,
             })
             .await?;
         list.extend(rows.into_iter().map(|r| Conversation {
@@ -129,7 +154,24 @@ pub async fn list_conversations(
             queue_position: None,
         }));
     }
-    Ok(HttpResponse::Ok().json(list))
+    let more = list.len() > offset + limit;
+    let page: Vec<Conversation> = list.into_iter().skip(offset).take(limit).collect();
+    let mut res = HttpResponse::Ok();
+    if more {
+        // The next page, as the same query with a later offset (RFC 8288).
+        let mut next: Vec<String> = req
+            .query_string()
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("offset="))
+            .map(String::from)
+            .collect();
+        next.push(format!("offset={}", offset + limit));
+        res.insert_header((
+            actix_web::http::header::LINK,
+            format!("</api/conversations?{}>; rel=\"next\"", next.join("&")),
+        ));
+    }
+    Ok(res.json(page))
 }
 
 #[derive(Deserialize)]
@@ -186,6 +228,10 @@ pub async fn post_message(
     body: web::Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let user = agent(&req, &app).await?;
+    if let Err(wait) = app.guard.http_sends.take(&user.id) {
+        let why = format!("more than {} messages per second: slow down", app.cfg.rate_per_sec);
+        return Err(ApiError::rate_limited(why, wait));
+    }
     let b = body.into_inner();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let msg = HttpSend {

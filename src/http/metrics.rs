@@ -11,6 +11,7 @@ pub struct Counters {
     pub registry: Registry,
     pub ws_connections: IntCounter,
     pub logins_failed: IntCounter,
+    pub logins_throttled: IntCounter,
     pub webhooks_delivered: IntCounter,
     pub webhooks_failed_tries: IntCounter,
     pub webhooks_dropped: IntCounter,
@@ -45,6 +46,7 @@ pub fn counters() -> &'static Counters {
         Counters {
             ws_connections: counter(&r, "parley_ws_connections_total", "WebSocket upgrades accepted"),
             logins_failed: counter(&r, "parley_logins_failed_total", "Refused POST /api/login"),
+            logins_throttled: counter(&r, "parley_logins_throttled_total", "POST /api/login answered 429"),
             webhooks_delivered: counter(&r, "parley_webhooks_delivered_total", "Webhook events delivered"),
             webhooks_failed_tries: counter(&r, "parley_webhooks_failed_tries_total", "Webhook posts that failed"),
             webhooks_dropped: counter(

@@ -17,11 +17,15 @@ const MAX_JSON_BYTES: usize = 256 * 1024;
 
 /// Every route of PROTOCOL.md §9; extractor errors become JSON errors.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(MAX_JSON_BYTES)
-            .error_handler(|e, _| ApiError::bad_request(format!("request body: {e}")).into()),
-    )
+    cfg.app_data(web::JsonConfig::default().limit(MAX_JSON_BYTES).error_handler(|e, _| {
+        use actix_web::error::JsonPayloadError as J;
+        match e {
+            J::Overflow { .. } | J::OverflowKnownLength { .. } => {
+                ApiError::too_large(format!("request body: larger than {MAX_JSON_BYTES} bytes")).into()
+            }
+            e => ApiError::bad_request(format!("request body: {e}")).into(),
+        }
+    }))
     .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::bad_request(format!("query: {e}")).into()))
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::bad_request(format!("path: {e}")).into()))
     .route("/ws", web::get().to(ws::upgrade))
@@ -29,10 +33,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/api/conversations", web::get().to(api::list_conversations))
     .route("/api/conversations/{id}/messages", web::get().to(api::get_messages))
     .route("/api/conversations/{id}/messages", web::post().to(api::post_message))
-    .route("/healthz", web::get().to(api::healthz))
-    .route("/readyz", web::get().to(api::readyz))
-    .route("/metrics", web::get().to(metrics::metrics))
-    .route("/", web::get().to(pages::index))
-    .route("/agent", web::get().to(pages::agent))
-    .route("/{file:.*}", web::get().to(pages::file));
+    .route("/healthz", get_or_head().to(api::healthz))
+    .route("/readyz", get_or_head().to(api::readyz))
+    .route("/metrics", get_or_head().to(metrics::metrics))
+    .route("/", get_or_head().to(pages::index))
+    .route("/agent", get_or_head().to(pages::agent))
+    .route("/{file:.*}", get_or_head().to(pages::file));
+}
+
+/// GET, and HEAD (same headers, no body: actix-http leaves the body out).
+fn get_or_head() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }

@@ -9,7 +9,7 @@ use crate::chat::messages::{ClientRequest, Connect, Disconnect, Outbound};
 use crate::chat::ChatServer;
 use crate::config::{Config, CUSTOMER_TOKEN_TTL_SECS};
 use crate::error::{ApiError, ErrorCode};
-use crate::protocol::{self, char_len, close, Encoded, Hello, Out, Request, Role, User, MAX_NAME_CHARS};
+use crate::protocol::{self, close, Encoded, Hello, Out, Request, Role, User};
 use crate::store::{AgentRow, ConvFilter, ConvRow, Store};
 use actix::{Addr, Recipient};
 use std::future::Future;
@@ -30,6 +30,7 @@ pub struct SessionDeps {
     pub server: Addr<ChatServer>,
     pub store: Arc<dyn Store>,
     pub signer: Arc<Signer>,
+    pub guard: Arc<crate::abuse::Guard>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,8 @@ pub struct Core {
     abuse: TokenBucket,
     pub queued: Arc<AtomicUsize>,
     pub jam: Arc<JamSwitch>,
+    /// The client's address, and its place in that address's connection count.
+    slot: crate::abuse::ConnSlot,
 }
 
 fn refusal(r#ref: Option<&str>, code: ErrorCode, close_code: u16, why: &str) -> Refusal {
@@ -99,7 +102,7 @@ fn unauthorized(r#ref: Option<&str>, why: &str) -> Refusal {
 }
 
 impl Core {
-    pub fn new(deps: SessionDeps, jam: Arc<JamSwitch>) -> Core {
+    pub fn new(deps: SessionDeps, jam: Arc<JamSwitch>, slot: crate::abuse::ConnSlot) -> Core {
         let cfg = &deps.cfg;
         Core {
             sid: NEXT_SID.fetch_add(1, Ordering::Relaxed),
@@ -110,6 +113,7 @@ impl Core {
             queued: Arc::new(AtomicUsize::new(0)),
             jam,
             deps,
+            slot,
         }
     }
 
@@ -140,22 +144,34 @@ impl Core {
                 r#ref.as_deref(),
                 &ApiError::unauthorized("wait for welcome before sending requests"),
             )),
-            (Phase::Ready, Request::Ping) => Step::Reply(Out::Pong { r#ref: r#ref.as_deref() }.encode()),
-            (Phase::Ready, Request::Pong) => Step::Nothing,
+            (Phase::Ready, Request::Ping) => match self.limit(r#ref.as_deref(), "ping") {
+                Ok(()) => Step::Reply(Out::Pong { r#ref: r#ref.as_deref() }.encode()),
+                Err(step) => step,
+            },
+            (Phase::Ready, Request::Pong) => self.limit(None, "pong").err().unwrap_or(Step::Nothing),
             (Phase::Ready, req) => self.forward(r#ref, req),
         }
     }
 
+    /// The per-connection rate limit, which every request after `hello`
+    /// counts against (pings too): `Err` with what to do when over it.
+    fn limit(&mut self, r#ref: Option<&str>, what: &str) -> Result<(), Step> {
+        if self.rate.take() {
+            return Ok(());
+        }
+        if !self.abuse.take() {
+            return Err(Step::Close(close::TOO_SLOW, "rate limit exceeded repeatedly".into()));
+        }
+        let e = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("more than {} requests per second: {what} dropped", self.deps.cfg.rate_per_sec),
+        );
+        Err(Step::Reply(protocol::error_frame(r#ref, &e)))
+    }
+
     fn forward(&mut self, r#ref: Option<String>, req: Request) -> Step {
-        if !self.rate.take() {
-            if !self.abuse.take() {
-                return Step::Close(close::TOO_SLOW, "rate limit exceeded repeatedly".into());
-            }
-            let e = ApiError::new(
-                ErrorCode::RateLimited,
-                format!("more than {} requests per second: {} dropped", self.deps.cfg.rate_per_sec, req.name()),
-            );
-            return Step::Reply(protocol::error_frame(r#ref.as_deref(), &e));
+        if let Err(step) = self.limit(r#ref.as_deref(), req.name()) {
+            return step;
         }
         let msg = ClientRequest { sid: self.sid, r#ref: r#ref.clone(), req, loaded: false };
         match self.deps.server.try_send(msg) {
@@ -179,11 +195,8 @@ impl Core {
             }
         };
         if let Some(n) = &h.name {
-            if char_len(n) > MAX_NAME_CHARS || n.chars().any(char::is_control) {
-                return Step::Refuse(unauthorized(
-                    r#ref.as_deref(),
-                    &format!("name: at most {MAX_NAME_CHARS} printable characters"),
-                ));
+            if let Some(why) = protocol::name_problem(n) {
+                return Step::Refuse(unauthorized(r#ref.as_deref(), &format!("name: {why}")));
             }
         }
         let claims = match h.token.as_deref().map(|t| self.deps.signer.verify(t)) {
@@ -252,6 +265,7 @@ impl Core {
         let expires = who.agent_token.map(|(_, ttl)| ttl);
         self.deps.server.do_send(Connect {
             token_iat: who.agent_token.map(|(iat, _)| iat).unwrap_or(0),
+            addr: self.slot.ip,
             sid: self.sid,
             user: who.user,
             agent: who.agent,

@@ -32,11 +32,27 @@ impl TokenBucket {
         TokenBucket { rate, burst, tokens: burst, last: Instant::now() }
     }
 
-    /// Takes one token if there is one.
-    pub fn take(&mut self) -> bool {
+    fn refill(&mut self) {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
+    }
+
+    /// How long until a token is there; `None` if one is there now.
+    pub fn wait(&mut self) -> Option<std::time::Duration> {
+        self.refill();
+        (self.tokens < 1.0).then(|| std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate.max(1e-9)))
+    }
+
+    /// Whether it has refilled to its burst (nothing to remember about it).
+    pub fn is_full(&mut self) -> bool {
+        self.refill();
+        self.tokens >= self.burst
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self) -> bool {
+        self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

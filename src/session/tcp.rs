@@ -34,9 +34,14 @@ pub fn listen(addr: &str, deps: SessionDeps) -> std::io::Result<SocketAddr> {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
+                    let Some(slot) = deps.guard.connect(peer.ip()) else {
+                        log::info!("tcp gateway: {} holds too many connections; refused", peer.ip());
+                        refuse_busy(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let deps = deps.clone();
-                    TcpSession::create(move |ctx| TcpSession::new(stream, peer, deps, ctx));
+                    TcpSession::create(move |ctx| TcpSession::new(stream, peer, deps, slot, ctx));
                 }
                 Err(e) => {
                     log::warn!("tcp gateway: accept failed: {e}");
@@ -46,6 +51,18 @@ pub fn listen(addr: &str, deps: SessionDeps) -> std::io::Result<SocketAddr> {
         }
     });
     Ok(local)
+}
+
+/// Tells a client over its connection limit why, then closes.
+fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    let e = ApiError::new(ErrorCode::RateLimited, "too many connections from your address");
+    let f = protocol::error_frame(None, &e).into_bytes();
+    actix_web::rt::spawn(async move {
+        let mut frame = (f.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&f);
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&frame)).await;
+        let _ = stream.shutdown().await;
+    });
 }
 
 /// A frame for the writer task: bytes, and how many of them the ChatServer
@@ -58,9 +75,15 @@ pub struct TcpSession {
 }
 
 impl TcpSession {
-    fn new(stream: tokio::net::TcpStream, peer: SocketAddr, deps: SessionDeps, ctx: &mut Context<Self>) -> Self {
+    fn new(
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        deps: SessionDeps,
+        slot: crate::abuse::ConnSlot,
+        ctx: &mut Context<Self>,
+    ) -> Self {
         let jam = JamSwitch::new(Some((stream.as_raw_fd(), peer)));
-        let core = Core::new(deps, jam.clone());
+        let core = Core::new(deps, jam.clone(), slot);
         let (read, write) = stream.into_split();
         let codec =
             LengthDelimitedCodec::builder().big_endian().length_field_length(4).max_frame_length(MAX_FRAME).new_codec();

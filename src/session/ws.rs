@@ -24,8 +24,13 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    pub fn new(deps: SessionDeps, jam: Arc<JamSwitch>, oversize: Arc<AtomicBool>) -> Self {
-        WsSession { core: Core::new(deps, jam), oversize }
+    pub fn new(
+        deps: SessionDeps,
+        jam: Arc<JamSwitch>,
+        oversize: Arc<AtomicBool>,
+        slot: crate::abuse::ConnSlot,
+    ) -> Self {
+        WsSession { core: Core::new(deps, jam, slot), oversize }
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {

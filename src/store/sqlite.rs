@@ -1088,8 +1088,11 @@ pub fn add_agent(
     bot: bool,
 ) -> Result<AgentRow, String> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(|c| c.is_control()) {
-        return Err("agent name: 1 to 64 printable characters".into());
+    if name.is_empty() {
+        return Err("agent name: must not be empty".into());
+    }
+    if let Some(why) = crate::protocol::name_problem(name) {
+        return Err(format!("agent name: {why}"));
     }
     if password.is_empty() {
         return Err("password: must not be empty".into());

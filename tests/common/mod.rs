@@ -336,10 +336,23 @@ impl Client {
         Self::connect_url(&srv.ws_url(), Some(origin)).await
     }
 
+    /// Connect with extra request headers (`X-Forwarded-For`, `Origin`, …).
+    pub async fn connect_with_headers(srv: &Server, headers: &[(&str, &str)]) -> Result<Client, tungstenite::Error> {
+        Self::connect_req(&srv.ws_url(), headers).await
+    }
+
     async fn connect_url(url: &str, origin: Option<&str>) -> Result<Client, tungstenite::Error> {
+        match origin {
+            Some(o) => Self::connect_req(url, &[("Origin", o)]).await,
+            None => Self::connect_req(url, &[]).await,
+        }
+    }
+
+    async fn connect_req(url: &str, headers: &[(&str, &str)]) -> Result<Client, tungstenite::Error> {
         let mut req = url.into_client_request()?;
-        if let Some(o) = origin {
-            req.headers_mut().insert("Origin", HeaderValue::from_str(o).expect("origin header"));
+        for (name, value) in headers {
+            let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
+            req.headers_mut().insert(name, HeaderValue::from_str(value).expect("header value"));
         }
         let (ws, _resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
