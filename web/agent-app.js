@@ -2,6 +2,12 @@
 // present), own availability, the conversations assigned to this agent with unread
 // counts, and the one being looked at. Views render from this object; they do not
 // talk to the server themselves.
+//
+// What this tab was doing is kept per agent so that it outlives the session that did
+// it: rooms joined (localStorage), and in sessionStorage the availability, the
+// conversation selected, unsent messages (the outbox) and, when the server ends the
+// session (close 4501: token expired, password changed, account removed), the text
+// being typed. Signing in again resumes all of it; only an explicit sign-out forgets it.
 
 import { ChatClient, wsUrlFor } from './client.js';
 import { t } from './i18n.js';
@@ -11,6 +17,15 @@ import { RoomsView } from './agent-rooms.js';
 import { ConvListView } from './agent-list.js';
 import { ConvView } from './agent-view.js';
 import { TopBar } from './agent-topbar.js';
+
+/** The login form's explanation for a close 4501, from its reason (PROTOCOL.md §2.4). */
+export function signedOutMessage(reason) {
+  const r = String(reason || '').trim();
+  if (/password/i.test(r)) return t('agent.signed_out_password');
+  if (/removed|no longer exists/i.test(r)) return t('agent.signed_out_removed');
+  if (!r || /expired/i.test(r)) return t('agent.session_expired');
+  return t('agent.signed_out_other', { reason: r.slice(0, 100) });
+}
 
 export class AgentApp {
   /** session: {token, agent}; onSignedOut(message) returns to the login form. */
@@ -22,9 +37,12 @@ export class AgentApp {
     this.sess = new Store('sessionStorage', 'parley.agent:');
     const agentKey = this.me?.id || this.me?.name || 'me';
     this.roomsKey = `rooms:${agentKey}`;
+    this.availKey = `availability:${agentKey}`;
+    this.selectedKey = `selected:${agentKey}`;
+    this.draftKey = `draft:${agentKey}`;
     this.joined = this.local.get(this.roomsKey, null) ?? ['support'];
     this.knownRooms = new Set([...(this.local.get('known-rooms', []) || []), 'support', ...this.joined]);
-    this.availability = this.sess.get('availability', 'online') || 'online';
+    this.availability = this.sess.get(this.availKey) === 'away' ? 'away' : 'online';
     this.convs = new Map(); // id -> Conversation
     this.mine = new Set(); // ids assigned to me and active
     this.rooms = new Map(); // name -> {queue: Map id->Conversation, agents: Map id->Presence, loaded}
@@ -52,6 +70,7 @@ export class AgentApp {
     this.topbar.render();
     this.roomsView.render();
     this.listView.render();
+    this.#restoreSelection();
     this.client.start();
     this.tick = setInterval(() => this.roomsView.tick(), 1000);
     this.onVisible = () => {
@@ -62,12 +81,61 @@ export class AgentApp {
   }
 
   destroy() {
+    this.destroyed = true;
     clearInterval(this.tick);
     document.removeEventListener('visibilitychange', this.onVisible);
     window.removeEventListener('focus', this.onVisible);
     this.client.stop();
-    this.view.close();
+    // The next sign-in builds the views anew on the same page.
+    this.view.destroy();
+    this.roomsView.destroy();
+    document.getElementById('layout').classList.remove('layout--conv');
     document.getElementById('app').hidden = true;
+  }
+
+  /** Reopen the conversation this tab had selected (and the text typed in it) before a reload or a sign-in. */
+  #restoreSelection() {
+    const saved = this.sess.get(this.selectedKey);
+    if (saved?.id) {
+      this.select(saved.id);
+      const draft = this.sess.get(this.draftKey);
+      if (draft?.conversation === saved.id && typeof draft.text === 'string') this.view.setDraft(draft.text, !!draft.internal);
+    }
+    this.sess.remove(this.draftKey);
+  }
+
+  #saveSelection() {
+    const id = this.selected;
+    if (!id) {
+      this.sess.remove(this.selectedKey);
+      return;
+    }
+    const prev = this.sess.get(this.selectedKey);
+    const room = this.convs.get(id)?.room || (prev?.id === id ? prev.room : null) || null;
+    if (prev?.id !== id || prev?.room !== room) this.sess.set(this.selectedKey, { id, room });
+  }
+
+  /**
+   * The selected conversation is neither assigned to me nor queued in a room I joined
+   * (closed, or taken by someone else while I was away): fetch its current state so the
+   * header does not show a stale one, or none.
+   */
+  async #refreshSelected(id) {
+    const before = this.convs.get(id);
+    const room = before?.room || this.sess.get(this.selectedKey)?.room;
+    if (!room) return;
+    try {
+      const res = await fetch(`/api/conversations?room=${encodeURIComponent(room)}`, {
+        headers: { authorization: `Bearer ${this.session.token}` },
+      });
+      if (!res.ok) return;
+      const list = await res.json();
+      const conv = Array.isArray(list) ? list.find((c) => c?.id === id) : null;
+      // Only if nothing newer arrived meanwhile.
+      if (conv && !this.destroyed && this.convs.get(id) === before) this.#onConversation(conv);
+    } catch {
+      /* keep what is shown */
+    }
   }
 
   #room(name) {
@@ -83,7 +151,9 @@ export class AgentApp {
     const c = this.client;
     c.on('state', () => this.topbar.render());
     c.on('welcome', (w) => this.#onWelcome(w));
-    c.on('unauthorized', () => this.signOut(t('agent.session_expired')));
+    // The server ended this session (token expired, password changed, account removed):
+    // back to the login form with the reason, keeping this tab's work for the next sign-in.
+    c.on('unauthorized', (ev) => this.signOut(signedOutMessage(ev?.reason), { keep: true }));
     c.on('conversation', (conv) => this.#onConversation(conv));
     c.on('messages', (ev) => this.#onMessages(ev));
     c.on('synced', ({ conversation }) => {
@@ -132,9 +202,11 @@ export class AgentApp {
       this.local.set(this.roomsKey, this.joined);
       this.roomsView.render();
     }
-    if (this.selected) {
-      this.client.track(this.selected);
+    if (this.selected && !this.destroyed) {
+      const id = this.selected;
+      this.client.track(id);
       this.view.refresh();
+      if (!ids.has(id) && ![...this.rooms.values()].some((r) => r.queue.has(id))) this.#refreshSelected(id);
     }
   }
 
@@ -162,7 +234,10 @@ export class AgentApp {
     }
     this.roomsView.render();
     this.listView.render();
-    if (conv.id === this.selected) this.view.update(conv);
+    if (conv.id === this.selected) {
+      this.view.update(conv);
+      this.#saveSelection();
+    }
   }
 
   #onMessages({ conversation, messages, live }) {
@@ -253,14 +328,14 @@ export class AgentApp {
   async setAvailability(a) {
     const prev = this.availability;
     this.availability = a;
-    this.sess.set('availability', a);
+    this.sess.set(this.availKey, a);
     this.topbar.render();
     try {
       await this.client.request({ type: 'status', availability: a });
     } catch (err) {
       if (err.code !== 'disconnected') {
         this.availability = prev;
-        this.sess.set('availability', prev);
+        this.sess.set(this.availKey, prev);
         this.topbar.render();
       }
     }
@@ -269,6 +344,7 @@ export class AgentApp {
   select(id) {
     if (this.selected && this.selected !== id && !this.mine.has(this.selected)) this.client.untrack(this.selected);
     this.selected = id;
+    this.#saveSelection();
     document.getElementById('layout').classList.toggle('layout--conv', !!id);
     if (!id) {
       this.view.close();
@@ -314,10 +390,27 @@ export class AgentApp {
     return { agents: [...agents.values()].sort((a, b) => a.name.localeCompare(b.name)), rooms };
   }
 
-  signOut(message = '') {
+  /**
+   * Back to the login form with message. keep: the server ended the session, and what
+   * this tab was doing (availability, selected conversation, unsent messages, the text
+   * being typed) is kept for the next sign-in; otherwise the agent signed out and it is
+   * forgotten.
+   */
+  signOut(message = '', { keep = false } = {}) {
     this.sess.remove('session');
-    this.sess.remove('availability');
+    if (keep) {
+      const draft = this.view.draft();
+      this.sess.set(this.draftKey, draft && this.view.id ? { conversation: this.view.id, ...draft } : null);
+    }
+    const name = this.me?.name || this.session.agent?.name || '';
     this.destroy();
-    this.onSignedOut(message);
+    if (!keep) {
+      this.sess.remove(this.availKey);
+      this.sess.remove(this.selectedKey);
+      this.sess.remove(this.draftKey);
+      this.sess.remove('availability'); // the key before it was kept per agent
+      this.client.outbox.clear();
+    }
+    this.onSignedOut(message, { name: keep ? name : '' });
   }
 }

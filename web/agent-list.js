@@ -2,6 +2,7 @@
 // each with the customer's name, room, last message and an unread count.
 
 import { h } from './dom.js';
+import { customerTag } from './message-list.js';
 import { t } from './i18n.js';
 import { initial, formatTime } from './text.js';
 import { locale } from './i18n.js';
@@ -50,7 +51,7 @@ export class ConvListView {
         h(
           'span',
           { class: 'conv-item-top' },
-          h('span', { class: 'conv-item-name', testid: 'conv-item-name' }, name),
+          h('span', { class: 'conv-item-who' }, h('span', { class: 'conv-item-name', testid: 'conv-item-name' }, name), c.customer?.name ? customerTag() : null),
           last ? h('time', { class: 'muted small' }, formatTime(last.ts, locale())) : null,
         ),
         h('span', { class: 'conv-item-preview muted small' }, `#${c.room}${preview ? ' · ' : ''}`, preview),

@@ -57,10 +57,13 @@ export class LoginView {
     });
   }
 
-  show(message = '') {
+  /** message: why the agent is here (shown as the form's alert); name: prefill (after the server ended a session). */
+  show(message = '', { name = '' } = {}) {
     this.root.hidden = false;
+    if (name) this.name.value = name;
     if (message) this.showError(message);
-    this.name.focus();
+    else this.error.hidden = true;
+    (this.name.value ? this.password : this.name).focus();
   }
 
   hide() {

@@ -4,6 +4,7 @@
 import { h, setText } from './dom.js';
 import { t, duration, errorText } from './i18n.js';
 import { initial } from './text.js';
+import { customerTag } from './message-list.js';
 
 export class RoomsView {
   constructor(app) {
@@ -13,7 +14,7 @@ export class RoomsView {
     this.input = document.getElementById('join-input');
     this.error = document.getElementById('join-error');
     this.datalist = document.getElementById('room-suggestions');
-    this.form.addEventListener('submit', async (ev) => {
+    this.onSubmit = async (ev) => {
       ev.preventDefault();
       const name = this.input.value.trim();
       if (!name) return;
@@ -25,7 +26,15 @@ export class RoomsView {
         setText(this.error, err.code === 'not_found' ? t('agent.not_found') : t('chat.error', { reason: errorText(err.code) }));
         this.error.hidden = false;
       }
-    });
+    };
+    this.form.addEventListener('submit', this.onSubmit);
+  }
+
+  /** The console is signed out: let go of the shared form. */
+  destroy() {
+    this.form.removeEventListener('submit', this.onSubmit);
+    this.error.hidden = true;
+    this.root.replaceChildren();
   }
 
   render() {
@@ -89,7 +98,7 @@ export class RoomsView {
       h(
         'span',
         { class: 'queue-text' },
-        h('span', { class: 'queue-name', testid: 'queue-name' }, name),
+        h('span', { class: 'queue-who' }, h('span', { class: 'queue-name', testid: 'queue-name' }, name), c.customer?.name ? customerTag() : null),
         h('span', { class: 'queue-wait muted small', testid: 'queue-wait', dataset: { since: String(c.created_at || Date.now()) } }),
       ),
       h('span', { class: 'queue-btns' }, view, accept),

@@ -2,9 +2,9 @@
 // internal notes shown apart, the customer's typing and read receipts, and the
 // accept / transfer / close actions.
 
-import { h, setText } from './dom.js';
+import { h, setChildren, setText } from './dom.js';
 import { t, errorText } from './i18n.js';
-import { MessageList, TypingIndicator } from './message-list.js';
+import { MessageList, TypingIndicator, customerTag } from './message-list.js';
 import { Composer } from './composer.js';
 import { backIcon } from './icons.js';
 
@@ -56,7 +56,7 @@ export class ConvView {
     );
 
     this.list = new MessageList({ testid: 'conv-messages', perspective: 'agent', me: () => app.client.user?.id, seenLabel: t('agent.seen_by_customer') });
-    this.typingLine = new TypingIndicator('conv-typing');
+    this.typingLine = new TypingIndicator('conv-typing', 'agent');
     this.loading = h('p', { class: 'muted small center', testid: 'conv-loading' }, t('agent.loading'));
     this.scroller = h('div', { class: 'conv-scroll', testid: 'conv-scroll' }, this.loading, this.list.el, this.typingLine.el);
     this.noticeEl = h('div', { class: 'conv-notice', testid: 'conv-notice', role: 'alert', hidden: true });
@@ -134,6 +134,27 @@ export class ConvView {
     this.placeholder.hidden = false;
   }
 
+  /** Take the view off the page (the console is signed out). */
+  destroy() {
+    this.close();
+    clearTimeout(this.noticeTimer);
+    this.typingLine.clear();
+    this.el.remove();
+  }
+
+  /** The text typed and not sent, or null. */
+  draft() {
+    const text = this.composer.input.value;
+    return text.trim() ? { text, internal: this.internal.checked } : null;
+  }
+
+  setDraft(text, internal) {
+    this.internal.checked = internal;
+    this.#paintNoteMode();
+    this.composer.input.value = text;
+    this.composer.refresh();
+  }
+
   refresh() {
     if (this.id) this.#paintHeader();
   }
@@ -205,13 +226,19 @@ export class ConvView {
     const app = this.app;
     const conv = app.convs.get(this.id) || app.client.log(this.id).conv;
     if (!conv) {
+      this.titleName = undefined;
       setText(this.title, '…');
       setText(this.status, '');
       this.acceptBtn.hidden = this.transferBox.hidden = this.closeBtn.hidden = true;
       return;
     }
     const mineActive = conv.status === 'active' && conv.agent?.id === app.me?.id;
-    setText(this.title, conv.customer?.name || t('agent.customer'));
+    const name = conv.customer?.name;
+    if (this.titleName !== (name || '')) {
+      this.titleName = name || '';
+      if (name) setChildren(this.title, h('span', { class: 'conv-title-name' }, name), ' ', customerTag());
+      else setText(this.title, t('agent.customer'));
+    }
     const who = conv.agent ? t('agent.assigned_to', { name: conv.agent.name }) : t('agent.unassigned');
     setText(this.status, `${t(`agent.status.${conv.status}`)} · #${conv.room} · ${who}`);
     this.el.dataset.status = conv.status;

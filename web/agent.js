@@ -23,9 +23,9 @@ function start(session) {
   loginView.hide();
   app = new AgentApp({
     session,
-    onSignedOut: (message) => {
+    onSignedOut: (message, { name = '' } = {}) => {
       app = null;
-      loginView.show(message);
+      loginView.show(message, { name });
     },
   });
   window.__parleyConsole = app; // handy in the devtools console

@@ -3,12 +3,25 @@
 // pending -> sent -> seen status of one's own messages. All user text goes in as
 // text nodes.
 
-import { h, setText } from './dom.js';
+import { h, setChildren, setText } from './dom.js';
 import { t, locale, errorText } from './i18n.js';
 import { formatTime, formatFull } from './text.js';
 
-/** Human text for a kind:"event" message. Event fields beyond `name` are read defensively. */
-export function eventText(m) {
+/**
+ * The "customer" tag put after a customer's name wherever the console shows it, so that
+ * a display name such as "Parley Support (agent)" cannot pass for staff or the system.
+ * (Display names are chosen by customers; agents' names are set by an administrator.)
+ */
+export function customerTag() {
+  return h('span', { class: 'role-tag role-tag--customer', testid: 'customer-tag' }, t('agent.customer_tag'));
+}
+
+/**
+ * Human text for a kind:"event" message. Event fields beyond `name` are read defensively.
+ * perspective ('customer' or 'agent') decides how a customer's own action is told: a
+ * customer-chosen name is never put into an event line, which must read as the system's.
+ */
+export function eventText(m, perspective = 'agent') {
   const ev = m.event || {};
   const name = ev.name;
   const nameOf = (u) => (u && typeof u === 'object' ? u.name : typeof u === 'string' ? u : '') || '';
@@ -24,7 +37,11 @@ export function eventText(m) {
     return t('event.transferred');
   }
   if (name === 'closed') {
-    const who = nameOf(ev.by) || nameOf(ev.closed_by);
+    const by = ev.by || ev.closed_by;
+    if (by && typeof by === 'object' && by.role === 'customer') {
+      return perspective === 'customer' ? t('event.closed_by_you') : t('event.closed_by_customer');
+    }
+    const who = nameOf(by);
     return who ? t('event.closed_by', { name: who }) : t('event.closed');
   }
   if (name === 'rated') {
@@ -56,7 +73,11 @@ export class MessageList {
   }
 
   #mine(m) {
-    return m.from && m.from.id === this.me();
+    if (!m.from) return false;
+    // Only the customer who owns a conversation writes in it as a customer: in the widget a
+    // customer's message is always the viewer's own, whatever name it carries.
+    if (this.perspective === 'customer' && m.from.role === 'customer') return true;
+    return m.from.id === this.me();
   }
 
   #status(li) {
@@ -69,7 +90,7 @@ export class MessageList {
       return h(
         'li',
         { class: 'msg msg--event', testid: 'message', dataset: { seq: String(m.seq), kind: 'event', event: m.event?.name || '' } },
-        h('span', { class: 'msg__eventtext' }, eventText(m)),
+        h('span', { class: 'msg__eventtext' }, eventText(m, this.perspective)),
         h('time', { class: 'msg__time', datetime: new Date(m.ts).toISOString(), title: formatFull(m.ts, locale()) }, formatTime(m.ts, locale())),
       );
     }
@@ -88,6 +109,7 @@ export class MessageList {
         'div',
         { class: 'msg__meta' },
         h('span', { class: 'msg__author', testid: 'message-author' }, author),
+        !mine && this.perspective === 'agent' && m.from?.role === 'customer' && m.from.name ? customerTag() : null,
         h('time', { class: 'msg__time', datetime: new Date(ts).toISOString(), title: formatFull(ts, locale()) }, formatTime(ts, locale())),
       ),
       h('div', { class: 'msg__body', testid: 'message-body' }, m.body ?? ''),
@@ -157,9 +179,13 @@ export class MessageList {
   }
 }
 
-/** "X is typing…" line with an automatic timeout in case the "off" never comes. */
+/**
+ * "X is typing…" line with an automatic timeout in case the "off" never comes. In the
+ * console (perspective 'agent') a typing customer is marked with the customer tag.
+ */
 export class TypingIndicator {
-  constructor(testid = 'typing') {
+  constructor(testid = 'typing', perspective = 'customer') {
+    this.perspective = perspective;
     this.el = h('div', { class: 'typing', testid, aria: { live: 'polite' }, hidden: true });
     this.timer = null;
     this.who = null;
@@ -169,7 +195,9 @@ export class TypingIndicator {
     clearTimeout(this.timer);
     if (on) {
       this.who = from?.id || null;
-      setText(this.el, t('chat.typing', { name: from?.name || t('chat.someone') }));
+      const text = t('chat.typing', { name: from?.name || t('chat.someone') });
+      if (this.perspective !== 'agent' || from?.role !== 'customer') setText(this.el, text);
+      else if (this.el.textContent !== `${t('agent.customer_tag')} ${text}`) setChildren(this.el, customerTag(), ' ', text);
       this.el.hidden = false;
       this.timer = setTimeout(() => this.clear(), 8000);
     } else if (!from || !this.who || from.id === this.who) {

@@ -90,7 +90,7 @@ class Widget {
       v.paintConn(s, this.everOnline);
       this.#render();
     });
-    c.on('unauthorized', () => this.#onUnauthorized());
+    c.on('unauthorized', (ev) => this.#onUnauthorized(ev?.reason));
     c.on('conversation', (conv) => this.#onConversation(conv));
     c.on('messages', (ev) => this.#onMessages(ev));
     c.on('queued', (e) => {
@@ -126,7 +126,19 @@ class Widget {
     return c;
   }
 
-  #onUnauthorized() {
+  #onUnauthorized(reason) {
+    if (/^name\b/i.test(reason || '')) {
+      // The display name was refused (reserved for the system, or with invisible
+      // characters): the token is fine, so keep the conversation, connect again without
+      // the name, and ask for another one.
+      this.store.remove('name');
+      this.client.name = '';
+      this.pendingStart = false;
+      if (!this.conv) this.v.introFailed(/reserved/i.test(reason) ? t('widget.name_reserved') : t('widget.name_invalid'));
+      this.client.start();
+      this.#render();
+      return;
+    }
     // Refused without a token to blame: stay stopped (the banner offers Reconnect).
     if (!this.client.token) return;
     // The resume token was refused: start over as a new customer.

@@ -21,7 +21,9 @@ import {
   widgetMessageIn,
 } from './scenarios.js';
 
-const suite = parleySuite({ tag: 'reload', agents: [['eve', 'pw-eve-123']] });
+// The long-history test posts 450 messages over HTTP as fast as it can:
+// above the default per-agent rate limit, which is not what it tests.
+const suite = parleySuite({ tag: 'reload', agents: [['eve', 'pw-eve-123']], serverArgs: ['--rate-per-sec', '1000', '--rate-burst', '1000'] });
 
 test('reloading the widget and the console mid-conversation keeps everything', async () => {
   const { agent, customer } = await conversationUnderWay(suite, { agentName: 'eve', password: 'pw-eve-123', customerName: 'Noor نور', firstMessage: 'First question 🙂' });
