@@ -192,6 +192,11 @@ pub struct ServeArgs {
     /// leaves the queue as abandoned (closed, with an event), in milliseconds.
     #[arg(long, env = "PARLEY_ABANDON_AFTER_MS", default_value_t = 300_000)]
     pub abandon_after_ms: u64,
+    /// How long automatic assignment passes over the agent who transferred a
+    /// conversation back to a queue, in milliseconds; after it they may get it
+    /// again if nobody else can take it.
+    #[arg(long, env = "PARLEY_TRANSFER_PASS_OVER_MS", default_value_t = 60_000)]
+    pub transfer_pass_over_ms: u64,
     /// SQLite durability: `full` fsyncs every commit (survives power loss),
     /// `normal` survives a process crash but may lose the last commits on power loss.
     #[arg(long, env = "PARLEY_SYNC", default_value = "full", value_parser = ["full", "normal"])]
@@ -245,6 +250,7 @@ pub struct Config {
     pub login_failures_per_address: u32,
     pub login_failures_per_account: u32,
     pub abandon_after: std::time::Duration,
+    pub transfer_pass_over: std::time::Duration,
 }
 
 /// Every webhook event name.
@@ -390,6 +396,7 @@ impl Config {
             login_failures_per_address: a.login_failures_per_address,
             login_failures_per_account: a.login_failures_per_account,
             abandon_after: std::time::Duration::from_millis(a.abandon_after_ms),
+            transfer_pass_over: std::time::Duration::from_millis(a.transfer_pass_over_ms),
             tcp_listen,
             bot_first,
             webhooks,

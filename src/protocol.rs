@@ -173,6 +173,20 @@ pub struct Message {
     pub event: Option<Value>,
 }
 
+impl Message {
+    /// What customers never receive: agents' notes, and events marked
+    /// `"internal": true` (the team's own churn, such as a conversation going
+    /// back to the queue because its agent went away; the customer sees the
+    /// conversation waiting again, not why). Both show in `hidden_seqs`.
+    pub fn hidden_from_customers(&self) -> bool {
+        match self.kind {
+            MsgKind::Note => true,
+            MsgKind::Event => self.event.as_ref().is_some_and(|e| e["internal"] == true),
+            MsgKind::Text => false,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Availability {

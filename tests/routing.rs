@@ -400,3 +400,128 @@ async fn agents_in_a_room_get_presence_on_join_load_and_status_changes() {
     let p = bob.recv_until("presence: ann away", |f| about_ann(f) && presence_of(f)["availability"] == "away").await;
     assert_eq!(presence_of(&p)["active"].as_u64(), Some(1), "{p}");
 }
+
+// ---------------------------------------------------------------- what a new user hit
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_back_after_the_grace_period_gets_waiting_customers_oldest_first() {
+    let srv = Server::with_agents(&[ANN], &["--agent-grace-ms", "800"]);
+    let ann = Client::agent_in(&srv, ANN.0, ANN.1, "support").await;
+    let mut c1 = Client::customer(&srv, "First").await;
+    let (cid1, _) = open_and_wait_assigned(&mut c1, "support").await;
+    let mut c2 = Client::customer(&srv, "Second").await;
+    let (cid2, _) = open_and_wait_assigned(&mut c2, "support").await;
+    ann.disconnect().await;
+    // Past the grace period both go back to the queue, in their old order.
+    let q1 = c1.recv_conversation(&cid1, "requeued", |c| c["status"] == "queued" && c["queue_position"] == 1).await;
+    let q2 = c2.recv_conversation(&cid2, "requeued", |c| c["status"] == "queued" && c["queue_position"] == 2).await;
+    // A newer customer waits behind them.
+    let mut c3 = Client::customer(&srv, "Third").await;
+    let cid3 = str_of(&c3.open("support").await, "id").to_string();
+    // The agent signs in again: nothing keeps them from their old customers.
+    let mut ann = Client::agent_in(&srv, ANN.0, ANN.1, "support").await;
+    let ann_id = ann.id();
+    for (c, cid, after) in
+        [(&mut c1, &cid1, u64_of(&q1, "last_seq")), (&mut c2, &cid2, u64_of(&q2, "last_seq")), (&mut c3, &cid3, 0)]
+    {
+        c.recv_conversation(cid, "assigned again", |c| {
+            c["status"] == "active" && c["agent"]["id"] == ann_id.as_str() && u64_of(c, "last_seq") > after
+        })
+        .await;
+    }
+    ann.settle(Duration::from_millis(300)).await;
+    let order: Vec<String> = ann
+        .seen(|f| f["type"] == "message" && f["message"]["event"]["name"] == "assigned")
+        .iter()
+        .map(|f| str_of(&f["message"], "conversation").to_string())
+        .collect();
+    assert_eq!(order, vec![cid1, cid2, cid3], "assigned oldest first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_the_room_passes_over_its_sender_for_a_while_and_keeps_the_queue_order() {
+    let srv = Server::with_agents(&[ANN, BOB], &["--transfer-pass-over-ms", "3000"]);
+    let mut ann = Client::agent_in(&srv, ANN.0, ANN.1, "support").await;
+    let ann_id = ann.id();
+    let mut c1 = Client::customer(&srv, "Older").await;
+    let (cid1, _) = open_and_wait_assigned(&mut c1, "support").await;
+    let sent_at = Instant::now();
+    ann.call(json!({"type":"transfer","conversation":cid1,"to_room":"support"}), "conversation").await;
+    let queued = c1.recv_conversation(&cid1, "queued", |c| c["status"] == "queued").await;
+    let queued_seq = u64_of(&queued, "last_seq");
+    // Ann is the only agent: the customer waits, and a newer one is not served ahead.
+    let mut c2 = Client::customer(&srv, "Newer").await;
+    let cid2 = str_of(&c2.open("support").await, "id").to_string();
+    c2.expect_none(Duration::from_millis(1200), "the newer customer assigned ahead", |f| {
+        f["type"] == "conversation" && f["conversation"]["status"] == "active"
+    })
+    .await;
+    // Once the pass-over ends, Ann gets the older customer first, then the newer one.
+    let back = c1
+        .recv_until_within(Duration::from_secs(10), "assigned back", |f| {
+            f["type"] == "conversation"
+                && f["conversation"]["status"] == "active"
+                && u64_of(&f["conversation"], "last_seq") > queued_seq
+        })
+        .await;
+    assert_eq!(back["conversation"]["agent"]["id"], ann_id.as_str());
+    assert!(sent_at.elapsed() >= Duration::from_secs(3), "passed over only {:?}", sent_at.elapsed());
+    c2.recv_conversation(&cid2, "assigned", |c| c["status"] == "active").await;
+
+    // With another agent present, the other agent gets it at once.
+    let bob = Client::agent_in(&srv, BOB.0, BOB.1, "support").await;
+    let bob_id = bob.id();
+    ann.call(json!({"type":"transfer","conversation":cid2,"to_room":"support"}), "conversation").await;
+    c2.recv_conversation(&cid2, "to bob", |c| c["status"] == "active" && c["agent"]["id"] == bob_id.as_str()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_another_room_survives_a_restart() {
+    let dir = data_dir();
+    add_agent(dir.path(), ANN.0, ANN.1, 5);
+    let mut srv = Server::start_in(&dir, &["--rooms", "support,sales", "--manual-rooms", "sales"]);
+    let mut ann = Client::agent_in(&srv, ANN.0, ANN.1, "support").await;
+    let mut c = Client::customer(&srv, "Moves").await;
+    let (cid, _) = open_and_wait_assigned(&mut c, "support").await;
+    ann.call(json!({"type":"transfer","conversation":cid,"to_room":"sales"}), "conversation").await;
+    c.recv_conversation(&cid, "queued in sales", |c| c["status"] == "queued" && c["room"] == "sales").await;
+    let token = login(&srv, ANN.0, ANN.1).await;
+    srv.kill9();
+
+    let srv = Server::start_in(&dir, &["--rooms", "support,sales", "--manual-rooms", "sales"]);
+    let in_room = |list: &[Value]| list.iter().any(|x| x["id"] == cid.as_str());
+    let sales = list_conversations(&srv, &token, "sales", "queued").await;
+    assert!(in_room(&sales), "still queued in sales after the restart: {sales:?}");
+    let support = list_conversations(&srv, &token, "support", "").await;
+    assert!(!in_room(&support), "not back in support: {support:?}");
+    // Closed, it is listed under the room it was in.
+    let mut ann = Client::agent_in(&srv, ANN.0, ANN.1, "sales").await;
+    ann.call(json!({"type":"accept","conversation":cid}), "conversation").await;
+    ann.call(json!({"type":"close","conversation":cid}), "conversation").await;
+    let closed = list_conversations(&srv, &token, "sales", "closed").await;
+    assert!(in_room(&closed), "closed under sales: {closed:?}");
+    assert!(!in_room(&list_conversations(&srv, &token, "support", "closed").await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_see_they_wait_again_but_not_why() {
+    let srv = Server::with_agents(&[ANN, BOB], &["--agent-grace-ms", "500"]);
+    let ann = Client::agent_in(&srv, ANN.0, ANN.1, "support").await;
+    let mut c = Client::customer(&srv, "Cleo").await;
+    let (cid, _) = open_and_wait_assigned(&mut c, "support").await;
+    let mut bob = Client::agent(&srv, BOB.0, BOB.1).await;
+    bob.call(json!({"type":"status","availability":"away"}), "ack").await;
+    bob.join("support").await;
+    ann.disconnect().await;
+    c.recv_conversation(&cid, "waiting again", |c| c["status"] == "queued").await;
+    // Agents see why; the customer does not.
+    let ev = bob.recv_event(&cid, "transferred").await;
+    assert_eq!(ev["event"]["reason"], "agent_offline", "{ev}");
+    let seq = u64_of(&ev, "seq");
+    c.settle(Duration::from_millis(300)).await;
+    assert!(c.seen(|f| f["type"] == "message" && f["message"]["event"]["name"] == "transferred").is_empty());
+    let history = c.sync(&cid, 0, None).await;
+    let hidden: Vec<u64> = history["hidden_seqs"].as_array().unwrap().iter().filter_map(|v| v.as_u64()).collect();
+    assert!(hidden.contains(&seq), "the hidden event's seq is listed: {history}");
+    assert!(history["messages"].as_array().unwrap().iter().all(|m| m["seq"] != seq));
+}

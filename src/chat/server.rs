@@ -45,7 +45,7 @@ const JAM_FORCE_AFTER: Duration = Duration::from_secs(2);
 /// passwords changed by `parley agent` while the server runs.
 const ACCOUNT_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Longest interval between looks for queued customers who left.
-const ABANDON_SWEEP_MAX: Duration = Duration::from_secs(10);
+const ABANDON_SWEEP_MAX: Duration = Duration::from_secs(5);
 
 struct Sess {
     user: User,
@@ -499,19 +499,26 @@ impl ChatServer {
         let before = conv.core();
         let also = before.agent.as_ref().map(|a| a.id.clone());
         let now = now_ms();
-        let queued_at = if status == ConvStatus::Queued { now } else { before.queued_at };
-        let transferred_from = match (&event["name"], &before.agent) {
-            (n, Some(a)) if n == "transferred" => Some(a.id.clone()),
+        let room = room.unwrap_or_else(|| before.room.clone());
+        // The queue is ordered by queue time, so that a restart restores it:
+        // a conversation put back at the front keeps a time before the front's.
+        let queued_at = match (status, place) {
+            (ConvStatus::Queued, QueuePlace::Back) => now,
+            (ConvStatus::Queued, QueuePlace::Front) => {
+                let front = self.rooms.get(&room).and_then(|r| r.queue.front()).and_then(|c| self.convs.get(c));
+                front.map_or(before.queued_at, |f| before.queued_at.min(f.queued_at - 1))
+            }
+            _ => before.queued_at,
+        };
+        // Only an agent's own transfer keeps them from getting it straight
+        // back; a return to the queue because the agent went away does not.
+        let explicit_transfer = event["name"] == "transferred" && event["reason"].is_null();
+        let transferred_from = match &before.agent {
+            Some(a) if explicit_transfer => Some((a.id.clone(), Instant::now() + self.cfg.transfer_pass_over)),
             _ if status == ConvStatus::Active => None,
             _ => before.transferred_from.clone(),
         };
-        let new = ConvCore {
-            status,
-            agent: agent.clone(),
-            queued_at,
-            room: room.unwrap_or_else(|| before.room.clone()),
-            transferred_from,
-        };
+        let new = ConvCore { status, agent: agent.clone(), queued_at, room: room.clone(), transferred_from };
         self.apply_core(cid, new, place);
         let msg = NewMessage {
             id: new_id("m_"),
@@ -523,7 +530,7 @@ impl ChatServer {
             client_id: None,
             event: Some(event),
         };
-        let op = WriteOp::Update { status, agent, queued_at, event: msg };
+        let op = WriteOp::Update { status, agent, room, queued_at, event: msg };
         self.submit(op, Pending::Change { reply, conv: cid.to_string(), undo: before, also });
     }
 
@@ -532,16 +539,21 @@ impl ChatServer {
         if r.manual {
             return;
         }
+        // Strictly oldest first: nobody is served ahead of the queue's head.
+        // The agent who transferred a conversation away is passed over for it
+        // for `--transfer-pass-over-ms`; if only they could take it, the queue
+        // waits that long and then they get it (the periodic sweep retries).
+        let now = Instant::now();
         let queue: Vec<String> = r.queue.iter().cloned().collect();
         for cid in queue {
             let Some(r) = self.rooms.get(room) else { return };
-            let skip = self.convs.get(&cid).and_then(|c| c.transferred_from.clone());
-            let Some(agent) = pick_agent(r, &self.agents, skip.as_deref()) else {
-                if pick_agent(r, &self.agents, None).is_none() {
-                    break;
-                }
-                continue;
-            };
+            let skip = self
+                .convs
+                .get(&cid)
+                .and_then(|c| c.transferred_from.as_ref())
+                .filter(|(_, until)| *until > now)
+                .map(|(a, _)| a.as_str());
+            let Some(agent) = pick_agent(r, &self.agents, skip) else { break };
             let user = agent.user.clone();
             self.assign(&cid, user, ReplyTo::None);
         }
@@ -642,6 +654,12 @@ impl ChatServer {
                 }
                 if let WriteOutcome::Appended { message, .. } = outcome {
                     let f = Out::Message { message: &message }.encode();
+                    if message.hidden_from_customers() {
+                        let c = &self.convs[&conv];
+                        let customer: HashSet<u64> =
+                            self.customers.get(&c.customer.id).map(|c| c.sessions.clone()).unwrap_or_default();
+                        aud.retain(|s| !customer.contains(s));
+                    }
                     self.send_many(&aud, &f);
                     let kind = match message.event.as_ref().and_then(|e| e["name"].as_str()) {
                         Some("assigned") => Some("conversation.assigned"),
@@ -695,7 +713,7 @@ impl ChatServer {
     fn deliver(&mut self, m: &Message, exclude: Option<u64>) {
         let Some(conv) = self.convs.get_mut(&m.conversation) else { return };
         conv.last_seq = conv.last_seq.max(m.seq);
-        let mut aud = self.audience(&self.convs[&m.conversation], m.kind != MsgKind::Note);
+        let mut aud = self.audience(&self.convs[&m.conversation], !m.hidden_from_customers());
         if let Some(x) = exclude {
             aud.retain(|s| *s != x);
         }
@@ -795,6 +813,10 @@ impl ChatServer {
             let body = "The customer left before an agent was free".to_string();
             self.change(&cid, ConvStatus::Closed, None, None, QueuePlace::Back, event, body, ReplyTo::None);
         }
+        // Queues held back by an agent passed over get another look.
+        let waiting: Vec<String> =
+            self.rooms.iter().filter(|(_, r)| !r.queue.is_empty()).map(|(n, _)| n.clone()).collect();
+        self.assign_rooms.extend(waiting);
         self.finish(ctx);
     }
 
@@ -804,12 +826,15 @@ impl ChatServer {
         let Some(a) = self.agents.get_mut(agent_id) else { return };
         a.availability = Availability::Offline;
         let user = a.user.clone();
-        let active: Vec<String> = a.active.iter().rev().cloned().collect();
-        for cid in active {
+        // Each goes to the front in turn, newest first: the oldest ends up first.
+        let mut active: Vec<(protocol::Ts, String)> =
+            a.active.iter().map(|c| (self.convs.get(c).map_or(0, |c| c.queued_at), c.clone())).collect();
+        active.sort_unstable_by(|x, y| y.cmp(x));
+        for (_, cid) in active {
             let Some(room) = self.convs.get(&cid).map(|c| c.room.clone()) else { continue };
             log::info!("agent {} {why}: {cid} returns to the queue of {room}", user.id);
-            let event =
-                json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room, "reason": reason});
+            let event = json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room,
+                               "reason": reason, "internal": true});
             let body = format!("{} {why}; back in the queue", user.name);
             self.change(&cid, ConvStatus::Queued, None, None, QueuePlace::Front, event, body, ReplyTo::None);
         }
@@ -1467,7 +1492,7 @@ fn page_for(access: Access, messages: Vec<Message>, more: bool) -> HistoryPage {
     if access != Access::Customer {
         return HistoryPage { messages, more, hidden_seqs: None };
     }
-    let (notes, visible): (Vec<Message>, Vec<Message>) = messages.into_iter().partition(|m| m.kind == MsgKind::Note);
+    let (notes, visible): (Vec<Message>, Vec<Message>) = messages.into_iter().partition(|m| m.hidden_from_customers());
     HistoryPage { messages: visible, more, hidden_seqs: Some(notes.iter().map(|m| m.seq).collect()) }
 }
 
@@ -1509,7 +1534,8 @@ impl Actor for ChatServer {
                 a.grace = Some(handle);
             }
         }
-        let sweep = (self.cfg.abandon_after / 4).clamp(Duration::from_millis(100), ABANDON_SWEEP_MAX);
+        let sweep = (self.cfg.abandon_after.min(self.cfg.transfer_pass_over) / 4)
+            .clamp(Duration::from_millis(100), ABANDON_SWEEP_MAX);
         ctx.run_interval(sweep, |act, ctx| act.sweep_abandoned(ctx));
         ctx.run_interval(ACCOUNT_CHECK_EVERY, |act, ctx| {
             if act.accounts_checking {

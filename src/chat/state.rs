@@ -20,8 +20,9 @@ pub struct Conv {
     pub rated: bool,
     /// The queue position last pushed to its audience.
     pub pushed_position: Option<u32>,
-    /// The agent who transferred it away; automatic assignment skips them.
-    pub transferred_from: Option<String>,
+    /// The agent who transferred it away, and until when automatic
+    /// assignment passes them over for it.
+    pub transferred_from: Option<(String, std::time::Instant)>,
     /// Highest read seq per user seen by this node.
     pub reads: HashMap<String, u64>,
 }
@@ -33,7 +34,7 @@ pub struct ConvCore {
     pub agent: Option<User>,
     pub queued_at: Ts,
     pub room: String,
-    pub transferred_from: Option<String>,
+    pub transferred_from: Option<(String, std::time::Instant)>,
 }
 
 impl Conv {

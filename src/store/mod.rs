@@ -104,8 +104,8 @@ pub enum WriteOp {
     /// Appends a message. Texts and notes: `conflict` if the conversation is
     /// closed, `not_found` if it does not exist; deduplicated on (conversation, sender, client_id).
     Append(NewMessage),
-    /// Sets status, assignee and queue time, and appends the event, atomically.
-    Update { status: ConvStatus, agent: Option<User>, queued_at: Ts, event: NewMessage },
+    /// Sets status, assignee, room and queue time, and appends the event, atomically.
+    Update { status: ConvStatus, agent: Option<User>, room: String, queued_at: Ts, event: NewMessage },
     /// Records a rating of a closed conversation and appends the event;
     /// `conflict` if not closed or already rated.
     Rate { score: u8, comment: Option<String>, event: NewMessage },

@@ -741,7 +741,7 @@ fn apply(
             }
             Ok(Ok(WriteOutcome::Appended { message: Arc::new(message), duplicate: false }))
         }
-        WriteOp::Update { status, agent, queued_at, event } => {
+        WriteOp::Update { status, agent, room, queued_at, event } => {
             let Some(last_seq) = conv_seq(tx, seqs, tails, group, &event.conversation)?.map(|c| c.last_seq) else {
                 return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
             };
@@ -749,7 +749,7 @@ fn apply(
             let closed_at = (status == ConvStatus::Closed).then_some(event.ts);
             tx.prepare_cached(
                 "UPDATE conversations SET status = ?2, agent_id = ?3, agent_name = ?4, queued_at = ?5,
-                 closed_at = COALESCE(?6, closed_at), last_seq = ?7 WHERE id = ?1",
+                 closed_at = COALESCE(?6, closed_at), last_seq = ?7, room = ?8 WHERE id = ?1",
             )?
             .execute(params![
                 event.conversation,
@@ -758,7 +758,8 @@ fn apply(
                 agent.as_ref().map(|a| &a.name),
                 queued_at,
                 closed_at,
-                seq as i64
+                seq as i64,
+                room
             ])?;
             let message = event.with_seq(seq);
             insert_message(tx, log, &message)?;
