@@ -132,6 +132,34 @@ pub struct Conversation {
     pub created_at: Ts,
     pub last_seq: u64,
     pub queue_position: Option<u32>,
+    /// An email address the customer left for a reply by mail (`contact`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact_email: Option<String>,
+}
+
+/// A room as `welcome` describes it: whether agents take conversations
+/// themselves (`manual`), and whether anyone is online to answer.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub name: String,
+    pub manual: bool,
+    pub online: bool,
+}
+
+/// Longest email address a customer may leave (RFC 5321's path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+/// Whether `s` looks like an email address: one `@` with text on both sides,
+/// a dot in the domain, no spaces or control characters.
+pub fn plausible_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else { return false };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && char_len(s) <= MAX_EMAIL_CHARS
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,6 +315,14 @@ pub struct Transfer {
     pub to_room: Option<String>,
 }
 
+/// `contact`: the customer leaves an email address for a reply by mail.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    pub conversation: String,
+    pub email: String,
+}
+
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
@@ -321,6 +357,7 @@ pub enum Request {
     Transfer(Transfer),
     Close(ConvReq),
     Rate(Rate),
+    Contact(Contact),
     Status(Status),
     Ping,
     Pong,
@@ -341,6 +378,7 @@ impl Request {
             Request::Transfer(_) => "transfer",
             Request::Close(_) => "close",
             Request::Rate(_) => "rate",
+            Request::Contact(_) => "contact",
             Request::Status(_) => "status",
             Request::Ping => "ping",
             Request::Pong => "pong",
@@ -409,6 +447,7 @@ pub fn decode(text: &str) -> Result<Frame, DecodeError> {
         "transfer" => field(map, "transfer").map(Request::Transfer),
         "close" => field(map, "close").map(Request::Close),
         "rate" => field(map, "rate").map(Request::Rate),
+        "contact" => field(map, "contact").map(Request::Contact),
         "status" => field(map, "status").map(Request::Status),
         "ping" => field::<Empty>(map, "ping").map(|_| Request::Ping),
         "pong" => field::<Empty>(map, "pong").map(|_| Request::Pong),
@@ -443,6 +482,13 @@ pub enum Out<'a> {
         conversations: &'a [Conversation],
         heartbeat_ms: u64,
         limits: Limits,
+        /// The server's rooms (a compatible addition to version 1).
+        rooms: &'a [RoomInfo],
+    },
+    /// Whether anyone is online to answer in a room changed (to customers).
+    RoomStatus {
+        room: &'a str,
+        online: bool,
     },
     Ack {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]

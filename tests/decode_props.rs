@@ -49,7 +49,7 @@ const REPLY_TYPES: &[&str] = &["ack", "conversation", "history", "room", "error"
 /// Every request type the decoder knows (§5, plus `pong` from §2.3).
 const TYPES: &[&str] = &[
     "hello", "open", "send", "sync", "typing", "read", "join", "leave", "accept", "transfer", "close", "rate",
-    "status", "ping", "pong",
+    "contact", "status", "ping", "pong",
 ];
 
 /// Every request field name of §5, for generated keys.
@@ -73,6 +73,7 @@ const FIELDS: &[&str] = &[
     "score",
     "comment",
     "availability",
+    "email",
 ];
 
 /// (fields allowed, fields required) of a request type, as §5 lists them.
@@ -89,6 +90,7 @@ fn fields_of(ty: &str) -> (&'static [&'static str], &'static [&'static str]) {
         "transfer" => (&["conversation", "to_agent", "to_room"], &["conversation"]),
         "rate" => (&["conversation", "score", "comment"], &["conversation", "score"]),
         "status" => (&["availability"], &["availability"]),
+        "contact" => (&["conversation", "email"], &["conversation", "email"]),
         "ping" | "pong" => (&[], &[]),
         other => panic!("no such request type {other}"),
     }
@@ -112,6 +114,7 @@ fn templates(conv: &str, agent: &str) -> Vec<Value> {
         json!({"type":"transfer","conversation":conv,"to_agent":agent}),
         json!({"type":"close","conversation":conv}),
         json!({"type":"rate","conversation":conv,"score":5,"comment":"great"}),
+        json!({"type":"contact","conversation":conv,"email":"ann@example.com"}),
         json!({"type":"status","availability":"away"}),
         json!({"type":"ping"}),
         json!({"type":"pong"}),

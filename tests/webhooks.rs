@@ -590,3 +590,24 @@ fn webhook_without_a_long_enough_secret_is_refused() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--webhook"), "{args:?}: stderr should name the flag");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_email_left_while_nobody_was_online_is_sent_with_the_conversation() {
+    let rx = Receiver::start(Reply::Status(200));
+    let srv = start_with_webhook(&rx, &["--abandon-after-ms", "600"]);
+    let mut ann = Client::customer(&srv, "Ann").await;
+    let cid = str_of(&ann.open("support").await, "id").to_string();
+    ann.say(&cid, "k1", "Is anyone there? Please write back.").await;
+    ann.call(json!({"type":"contact","conversation":cid,"email":"ann@example.com"}), "ack").await;
+    // Nobody came; she left: the closed conversation reaches the team with her address.
+    ann.disconnect().await;
+    let hits = rx
+        .wait_for(Duration::from_secs(10), "conversation.closed", |h| {
+            h.iter().any(|h| h.kind() == "conversation.closed")
+        })
+        .await;
+    let closed = hits.iter().find(|h| h.kind() == "conversation.closed").expect("closed");
+    let v = check_envelope(closed, KEY);
+    assert_eq!(v["data"]["conversation"]["contact_email"], "ann@example.com", "{v}");
+    assert_eq!(v["data"]["event"]["reason"], "abandoned", "{v}");
+}

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{ApiError, StoreError};
 use crate::protocol::{
     self, char_len, close, error_frame, now_ms, Availability, ConvStatus, Conversation, Encoded, HistoryBody, Message,
-    MsgKind, Open, Out, Presence, Request, Role, Transfer, User, MAX_CLIENT_ID_CHARS, MAX_COMMENT_CHARS,
+    MsgKind, Open, Out, Presence, Request, Role, RoomInfo, Transfer, User, MAX_CLIENT_ID_CHARS, MAX_COMMENT_CHARS,
     SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT,
 };
 use crate::session::JamSwitch;
@@ -87,6 +87,7 @@ enum Pending {
     Change { reply: ReplyTo, conv: String, undo: ConvCore, also: Option<String> },
     Rate { reply: ReplyTo, conv: String },
     Read { conv: String, from: User, seq: u64 },
+    Contact { reply: ReplyTo, conv: String, email: String },
 }
 
 /// The caller of a request, for permission checks.
@@ -319,9 +320,53 @@ impl ChatServer {
             for a in std::mem::take(&mut self.presence_agents) {
                 self.broadcast_presence(&a);
             }
+            self.tell_room_status();
             if self.jammed.is_empty() && self.assign_rooms.is_empty() && self.position_rooms.is_empty() {
                 break;
             }
+        }
+    }
+
+    /// Whether anyone is online to answer in `room`: an agent (or bot) who
+    /// joined it and is not away.
+    fn room_online(&self, room: &Room) -> bool {
+        room.agents
+            .keys()
+            .filter_map(|id| self.agents.get(id))
+            .any(|a| a.availability == Availability::Online && !a.sessions.is_empty())
+    }
+
+    /// The rooms as `welcome` lists them.
+    fn room_infos(&self) -> Vec<RoomInfo> {
+        self.cfg
+            .rooms
+            .iter()
+            .filter_map(|name| self.rooms.get(name).map(|r| (name, r)))
+            .map(|(name, r)| RoomInfo { name: name.clone(), manual: r.manual, online: self.room_online(r) })
+            .collect()
+    }
+
+    /// Tells every customer session when a room goes from nobody online to
+    /// somebody, or back (the widget offers to leave a message meanwhile).
+    fn tell_room_status(&mut self) {
+        let changed: Vec<(String, bool)> = self
+            .rooms
+            .iter()
+            .map(|(name, r)| (name.clone(), r.online_told, self.room_online(r)))
+            .filter(|(_, told, now)| told != now)
+            .map(|(name, _, now)| (name, now))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let customers: Vec<u64> =
+            self.sessions.iter().filter(|(_, s)| s.user.role == Role::Customer).map(|(sid, _)| *sid).collect();
+        for (name, online) in changed {
+            if let Some(r) = self.rooms.get_mut(&name) {
+                r.online_told = online;
+            }
+            let f = Out::RoomStatus { room: &name, online }.encode();
+            self.send_many(&customers, &f);
         }
     }
 
@@ -398,6 +443,7 @@ impl ChatServer {
                     | Pending::Change { reply, .. }
                     | Pending::Rate { reply, .. } => reply,
                     Pending::Read { .. } => ReplyTo::None,
+                    Pending::Contact { reply, .. } => reply,
                 };
                 self.reply_error(reply, e);
             }
@@ -705,6 +751,23 @@ impl ChatServer {
                 self.send_many(&aud, &f);
             }
             (Pending::Read { .. }, Err(e)) => log::warn!("read marker not stored: {e}"),
+            (Pending::Contact { reply, conv, email }, res) => match res {
+                Ok(_) => {
+                    if let Some(c) = self.convs.get_mut(&conv) {
+                        c.contact_email = Some(email);
+                    }
+                    if let ReplyTo::Session { sid, r#ref } = &reply {
+                        let f = protocol::ack(r#ref.as_deref());
+                        self.send(*sid, &f);
+                    }
+                    if let Some(snap) = self.snapshot(&conv) {
+                        let aud = self.audience(&self.convs[&conv], false);
+                        let f = Out::Conversation { r#ref: None, conversation: &snap }.encode();
+                        self.send_many(&aud, &f);
+                    }
+                }
+                Err(e) => self.reply_error(reply, e.into()),
+            },
         }
     }
 
@@ -1089,6 +1152,25 @@ impl ChatServer {
                 self.submit_or_reply(op, Pending::Rate { reply, conv: r.conversation });
                 Ok(())
             }
+            Request::Contact(c) => {
+                let (conv, access) = self.conv_for(&who, &c.conversation)?;
+                if access != Access::Customer {
+                    return Err(ApiError::forbidden("only the customer leaves a contact address"));
+                }
+                let email = c.email.trim().to_string();
+                if !protocol::plausible_email(&email) {
+                    return Err(ApiError::bad_request(format!(
+                        "email: not an email address (name@example.com, at most {} characters)",
+                        protocol::MAX_EMAIL_CHARS
+                    )));
+                }
+                if conv.status == ConvStatus::Closed {
+                    return Err(ApiError::conflict("this conversation is closed: open a new one"));
+                }
+                let op = WriteOp::Contact { conversation: c.conversation.clone(), email: email.clone() };
+                self.submit_or_reply(op, Pending::Contact { reply, conv: c.conversation, email });
+                Ok(())
+            }
             Request::Status(s) => {
                 agent_only(&who, "status")?;
                 let availability = match s.availability.as_str() {
@@ -1164,6 +1246,7 @@ impl ChatServer {
             pushed_position: None,
             transferred_from: None,
             reads: HashMap::new(),
+            contact_email: None,
         };
         let row = ConvRow {
             id: id.clone(),
@@ -1175,6 +1258,7 @@ impl ChatServer {
             queued_at: now,
             last_seq: 0,
             rated: false,
+            contact_email: None,
         };
         self.busy()?;
         self.submit(WriteOp::CreateConversation(row), Pending::Open { reply, conv: id.clone() });
@@ -1461,6 +1545,7 @@ fn conv_from_row(row: ConvRow) -> Conv {
         pushed_position: None,
         transferred_from: None,
         reads: HashMap::new(),
+        contact_email: row.contact_email,
     }
 }
 
@@ -1506,6 +1591,7 @@ fn conversation_of(req: &Request) -> Option<&str> {
         Request::Accept(c) | Request::Close(c) => Some(&c.conversation),
         Request::Transfer(t) => Some(&t.conversation),
         Request::Rate(r) => Some(&r.conversation),
+        Request::Contact(c) => Some(&c.conversation),
         _ => None,
     }
 }
@@ -1641,6 +1727,7 @@ impl Handler<Connect> for ChatServer {
             conversations: &conversations,
             heartbeat_ms: self.cfg.heartbeat_ms,
             limits: self.cfg.limits(),
+            rooms: &self.room_infos(),
         }
         .encode();
         let sess = Sess {

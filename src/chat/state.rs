@@ -25,6 +25,8 @@ pub struct Conv {
     pub transferred_from: Option<(String, std::time::Instant)>,
     /// Highest read seq per user seen by this node.
     pub reads: HashMap<String, u64>,
+    /// An email address the customer left for a reply by mail.
+    pub contact_email: Option<String>,
 }
 
 /// The fields a state change touches, kept to undo it if storing it fails.
@@ -58,6 +60,7 @@ impl Conv {
             created_at: self.created_at,
             last_seq: self.last_seq,
             queue_position,
+            contact_email: self.contact_email.clone(),
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct Room {
     pub sessions: HashSet<u64>,
     /// Agents present through at least one joined session: id -> session count.
     pub agents: HashMap<String, u32>,
+    /// Whether anyone was online to answer, as last told to customers.
+    pub online_told: bool,
 }
 
 impl Room {

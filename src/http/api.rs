@@ -152,6 +152,7 @@ pub async fn list_conversations(
             created_at: r.created_at,
             last_seq: r.last_seq,
             queue_position: None,
+            contact_email: r.contact_email,
         }));
     }
     let more = list.len() > offset + limit;

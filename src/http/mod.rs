@@ -30,6 +30,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(|e, _| ApiError::bad_request(format!("path: {e}")).into()))
     .route("/ws", web::get().to(ws::upgrade))
     .route("/api/login", web::post().to(api::login))
+    .route("/api/embed-check", web::get().to(ws::embed_check))
     .route("/api/conversations", web::get().to(api::list_conversations))
     .route("/api/conversations/{id}/messages", web::get().to(api::get_messages))
     .route("/api/conversations/{id}/messages", web::post().to(api::post_message))

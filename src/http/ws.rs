@@ -55,6 +55,25 @@ fn origin_allowed(req: &HttpRequest, cfg: &Config) -> Result<(), String> {
     Err(origin)
 }
 
+/// `GET /api/embed-check`: whether a page on the caller's origin may open a
+/// WebSocket here. Browsers hide why an upgrade failed from scripts, so the
+/// widget asks this (any origin may: CORS `*`) to tell "this site is not
+/// allowed" apart from "the server is down", and stops retrying.
+pub async fn embed_check(req: HttpRequest, app: web::Data<AppState>) -> HttpResponse {
+    let origin = req.headers().get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let allowed = match origin_allowed(&req, &app.cfg) {
+        Ok(()) => true,
+        Err(o) => {
+            refused_origin(&o);
+            false
+        }
+    };
+    HttpResponse::Ok()
+        .insert_header((actix_web::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "allowed": allowed, "origin": origin }))
+}
+
 /// The client's address: the peer, or what a trusted proxy forwarded.
 pub fn client_addr(req: &HttpRequest, cfg: &Config) -> IpAddr {
     let peer = req.peer_addr().map(|p| p.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));

@@ -35,6 +35,7 @@ pub struct ConvRow {
     pub queued_at: Ts,
     pub last_seq: u64,
     pub rated: bool,
+    pub contact_email: Option<String>,
 }
 
 /// An agent account as stored.
@@ -109,6 +110,8 @@ pub enum WriteOp {
     /// Records a rating of a closed conversation and appends the event;
     /// `conflict` if not closed or already rated.
     Rate { score: u8, comment: Option<String>, event: NewMessage },
+    /// Sets the email address a customer left with a conversation.
+    Contact { conversation: String, email: String },
     /// Moves a read marker forward (never back).
     Read { conversation: String, user_id: String, seq: u64 },
 }

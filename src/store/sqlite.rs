@@ -70,6 +70,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_client_ids_in_writer.sql"),
     include_str!("../../migrations/0003_message_log.sql"),
     include_str!("../../migrations/0004_token_revocation.sql"),
+    include_str!("../../migrations/0005_contact_email.sql"),
 ];
 
 pub struct SqliteStore {
@@ -809,6 +810,15 @@ fn apply(
             .execute(params![conversation, user_id, seq as i64])?;
             Ok(Ok(WriteOutcome::Done))
         }
+        WriteOp::Contact { conversation, email } => {
+            let n = tx
+                .prepare_cached("UPDATE conversations SET contact_email = ?2 WHERE id = ?1")?
+                .execute(params![conversation, email])?;
+            if n == 0 {
+                return Ok(Err(StoreError::NotFound(format!("no conversation {conversation}"))));
+            }
+            Ok(Ok(WriteOutcome::Done))
+        }
     }
 }
 
@@ -880,7 +890,7 @@ fn message_from_row(r: &Row) -> rusqlite::Result<Message> {
 const CONV_COLS: &str = "id, room, status, customer_id, customer_name, agent_id, agent_name, created_at, queued_at,
     CASE WHEN status = 'closed' THEN last_seq
          ELSE (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = conversations.id) END,
-    rating";
+    rating, contact_email";
 
 fn conv_from_row(r: &Row) -> rusqlite::Result<ConvRow> {
     let status: String = r.get(2)?;
@@ -897,6 +907,7 @@ fn conv_from_row(r: &Row) -> rusqlite::Result<ConvRow> {
         queued_at: r.get(8)?,
         last_seq: r.get(9)?,
         rated: rating.is_some(),
+        contact_email: r.get(11)?,
     })
 }
 
