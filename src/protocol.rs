@@ -468,6 +468,16 @@ pub struct HistoryBody<'a> {
     pub more: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden_seqs: Option<&'a [u64]>,
+    /// Every member's read position (a compatible addition): a client that
+    /// reconnects shows "seen" without keeping it itself.
+    pub reads: &'a [ReadMark],
+}
+
+/// How far one member has read a conversation.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReadMark {
+    pub user: String,
+    pub seq: u64,
 }
 
 /// Every frame the server sends (PROTOCOL.md §6).

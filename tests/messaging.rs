@@ -497,3 +497,31 @@ async fn concurrent_senders_every_session_sees_strictly_increasing_seqs_without_
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_marks_come_back_with_sync_after_a_reconnect() {
+    let srv = Server::with_agents(&[ANN], &[]);
+    let (mut agent, mut customer, cid, _) = assigned_pair(&srv).await;
+    let token = customer.token.clone().expect("resume token");
+    let customer_id = customer.id();
+    let agent_id = agent.id();
+    let a1 = customer.say(&cid, "c1", "hello?").await;
+    let a2 = agent.say(&cid, "a1", "hi, how can I help?").await;
+    agent.send_json(&json!({"type":"read","conversation":cid,"seq":u64_of(&a1, "seq")})).await;
+    customer.recv_until("agent's read", |f| f["type"] == "read" && f["from"]["id"] == agent_id.as_str()).await;
+    customer.send_json(&json!({"type":"read","conversation":cid,"seq":u64_of(&a2, "seq")})).await;
+    agent.recv_until("customer's read", |f| f["type"] == "read" && f["from"]["id"] == customer_id.as_str()).await;
+    customer.disconnect().await;
+    agent.disconnect().await;
+
+    // Both come back on new connections, with nothing kept locally.
+    let mut customer = Client::customer_with_token(&srv, "Ann", &token).await;
+    let h = customer.sync(&cid, 0, None).await;
+    let reads = h["reads"].as_array().expect("reads in the history reply");
+    let mark = |who: &str| reads.iter().find(|r| r["user"] == who).map(|r| u64_of(r, "seq"));
+    assert_eq!(mark(&agent_id), Some(u64_of(&a1, "seq")), "the agent's read mark: {h}");
+    assert_eq!(mark(&customer_id), Some(u64_of(&a2, "seq")), "the customer's own: {h}");
+    let mut agent = Client::agent(&srv, ANN.0, ANN.1).await;
+    let h = agent.sync(&cid, 0, None).await;
+    assert!(h["reads"].as_array().unwrap().iter().any(|r| r["user"] == customer_id.as_str()), "{h}");
+}

@@ -11,8 +11,8 @@ use crate::config::Config;
 use crate::error::{ApiError, StoreError};
 use crate::protocol::{
     self, char_len, close, error_frame, now_ms, Availability, ConvStatus, Conversation, Encoded, HistoryBody, Message,
-    MsgKind, Open, Out, Presence, Request, Role, RoomInfo, Transfer, User, MAX_CLIENT_ID_CHARS, MAX_COMMENT_CHARS,
-    SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT,
+    MsgKind, Open, Out, Presence, ReadMark, Request, Role, RoomInfo, Transfer, User, MAX_CLIENT_ID_CHARS,
+    MAX_COMMENT_CHARS, SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT,
 };
 use crate::session::JamSwitch;
 use crate::store::{AgentRow, Completion, ConvRow, NewMessage, Store, WriteOp, WriteOutcome};
@@ -293,7 +293,7 @@ impl ChatServer {
     /// Ends a session that cannot keep up (PROTOCOL.md §7.5).
     fn jam(&mut self, sid: u64, ctx: &mut Context<Self>) {
         let Some(s) = self.sessions.get(&sid) else { return };
-        log::info!("session s_{sid} ({}) overflowed its outbound queue: closing with 4008", s.user.id);
+        log::info!("session s_{sid:016x} ({}) overflowed its outbound queue: closing with 4008", s.user.id);
         crate::http::metrics::counters().sessions_jammed.inc();
         if let Some(j) = s.jam.clone() {
             j.trip();
@@ -908,7 +908,7 @@ impl ChatServer {
     fn revoke_sessions(&mut self, sids: Vec<u64>, reason: &'static str, ctx: &mut Context<Self>) {
         for sid in sids {
             let Some(s) = self.sessions.get(&sid) else { continue };
-            log::info!("session s_{sid} ({}) ends: {reason}", s.user.id);
+            log::info!("session s_{sid:016x} ({}) ends: {reason}", s.user.id);
             if s.outbox.try_send(Outbound::Close(close::UNAUTHORIZED, reason)).is_err() {
                 if let Some(j) = s.jam.clone() {
                     j.trip();
@@ -1021,11 +1021,19 @@ impl ChatServer {
                     return Err(ApiError::bad_request(format!("limit: must be 1 to {SYNC_MAX_LIMIT}")));
                 }
                 let (_, access) = self.conv_for(&who, &q.conversation)?;
-                let fut = self.store.history(&q.conversation, q.after_seq, limit);
+                let history = self.store.history(&q.conversation, q.after_seq, limit);
+                let marks = self.store.read_markers(&q.conversation);
+                let fut = async move {
+                    let (messages, more) = history.await?;
+                    let marks = marks.await?;
+                    Ok::<_, StoreError>((messages, more, marks))
+                };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     let f = match res {
-                        Ok((messages, more)) => {
+                        Ok((messages, more, marks)) => {
                             let page = page_for(access, messages, more);
+                            let reads: Vec<ReadMark> =
+                                marks.into_iter().map(|(user, seq)| ReadMark { user, seq }).collect();
                             Out::History {
                                 r#ref: r#ref.as_deref(),
                                 body: HistoryBody {
@@ -1033,6 +1041,7 @@ impl ChatServer {
                                     messages: &page.messages,
                                     more: page.more,
                                     hidden_seqs: page.hidden_seqs.as_deref(),
+                                    reads: &reads,
                                 },
                             }
                             .encode()
@@ -1718,7 +1727,7 @@ impl Handler<Connect> for ChatServer {
                 list
             }
         };
-        let session = format!("s_{sid}");
+        let session = format!("s_{sid:016x}");
         let f = Out::Welcome {
             session: &session,
             node: &self.cfg.node_id,

@@ -14,14 +14,18 @@ use crate::store::{AgentRow, ConvFilter, ConvRow, Store};
 use actix::{Addr, Recipient};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Conversations listed in a returning customer's `welcome`.
 const WELCOME_CONVERSATIONS: u32 = 50;
 
-static NEXT_SID: AtomicU64 = AtomicU64::new(1);
+/// A new session id: 64 random bits, so ids from different processes and
+/// nodes do not collide (shown as `s_` and 16 hex digits).
+fn new_sid() -> u64 {
+    rand::random::<u64>().max(1) // 0 stands for "no session" in places
+}
 
 /// Everything a session needs from the node.
 #[derive(Clone)]
@@ -105,7 +109,7 @@ impl Core {
     pub fn new(deps: SessionDeps, jam: Arc<JamSwitch>, slot: crate::abuse::ConnSlot) -> Core {
         let cfg = &deps.cfg;
         Core {
-            sid: NEXT_SID.fetch_add(1, Ordering::Relaxed),
+            sid: new_sid(),
             rate: TokenBucket::new(cfg.rate_per_sec as f64, cfg.rate_burst as f64),
             abuse: TokenBucket::new(cfg.rate_per_sec as f64 / 4.0, cfg.rate_burst as f64),
             phase: Phase::Hello,

@@ -98,7 +98,7 @@ impl TcpSession {
     fn write(&mut self, f: Encoded, counted: usize, ctx: &mut Context<Self>) {
         let Some(tx) = &self.tx else { return };
         if tx.try_send((f.into_bytes(), counted)).is_err() {
-            log::info!("tcp session s_{}: outbound queue full, closing", self.core.sid);
+            log::info!("tcp session s_{:016x}: outbound queue full, closing", self.core.sid);
             crate::http::metrics::counters().sessions_jammed.inc();
             self.tx = None;
             self.core.jam.force();

@@ -136,7 +136,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 self.close(ctx, close::INVALID_UTF8, "invalid UTF-8 in a text frame");
             }
             Err(e) => {
-                log::debug!("session s_{}: protocol error {e}", self.core.sid);
+                log::debug!("session s_{:016x}: protocol error {e}", self.core.sid);
                 self.close(ctx, close::POLICY, "protocol error");
             }
         }
