@@ -232,10 +232,18 @@ fn floor_relay_target_relays_within_rooms() {
 #[test]
 fn socketio_target_speaks_engine_io() {
     let dir = repo().join("bench");
-    assert!(
-        dir.join("node_modules/socket.io").exists(),
-        "socket.io is not installed: run `npm ci` in bench/ (scripts/test does)"
-    );
+    // The relay's npm packages come with the test, not from an earlier step.
+    // One install at a time: tests run in parallel threads of this process.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if !dir.join("node_modules/socket.io").exists() {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .output()
+            .expect("run npm ci in bench/ (is Node.js installed?)");
+        assert!(out.status.success(), "npm ci in bench/ failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let port = free_port();
     let mut cmd = Command::new("node");
     cmd.arg(dir.join("socketio-relay.js")).arg(port.to_string());
