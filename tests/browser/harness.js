@@ -3,7 +3,7 @@
 // playwright-core, and drive the widget and the console.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -189,6 +189,39 @@ export function consoleMessage(page, text) {
 /** Bodies of all messages in a list, in DOM order. */
 export async function bodies(page, listTestId) {
   return page.getByTestId(listTestId).getByTestId('message-body').allTextContents();
+}
+
+// ---- accessibility ----------------------------------------------------------------------
+
+// axe-core from this folder's npm packages (nothing is downloaded at test time). It is
+// evaluated through the DevTools protocol, which the pages' CSP does not apply to.
+const AXE_SOURCE = readFileSync(join(HERE, 'node_modules', 'axe-core', 'axe.min.js'), 'utf8');
+
+/**
+ * Run axe-core on the whole page, open shadow roots included (axe walks them), and return
+ * the violations of the given impacts, plus how many checked nodes were inside a shadow
+ * root (axe names those by a selector path through the host), so that a caller can make
+ * sure the widget's shadow content was looked at.
+ */
+export async function axeCheck(page, { impacts = ['serious', 'critical'] } = {}) {
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(AXE_SOURCE);
+  return page.evaluate(async (impacts) => {
+    const res = await window.axe.run(document, { resultTypes: ['violations'] });
+    const inShadow = (n) => n.target.some((t) => Array.isArray(t));
+    const shadowNodes = [...res.passes, ...res.violations, ...res.incomplete].reduce((k, r) => k + r.nodes.filter(inShadow).length, 0);
+    const violations = res.violations
+      .filter((v) => impacts.includes(v.impact))
+      .map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => `${JSON.stringify(n.target)}: ${n.failureSummary}`) }));
+    return { violations, shadowNodes };
+  }, impacts);
+}
+
+/** Fail with a readable list when axe finds serious or critical violations on the page. */
+export async function assertAccessible(page, label, { shadow = false } = {}) {
+  const { violations, shadowNodes } = await axeCheck(page);
+  const report = violations.map((v) => `${v.impact} ${v.id} (${v.help}):\n    ${v.nodes.join('\n    ')}`).join('\n  ');
+  if (violations.length) throw new Error(`${label}: axe found ${violations.length} serious or critical violation(s):\n  ${report}`);
+  if (shadow && shadowNodes === 0) throw new Error(`${label}: axe checked nothing inside the widget's shadow root`);
 }
 
 export function sleep(ms) {
