@@ -2,21 +2,19 @@
 //! safe to run while a server uses it (SQLite locking).
 
 use crate::config::AgentCommand;
-use crate::store::sqlite;
+use crate::store::{self, StoreConfig};
 use std::io::BufRead;
 
 pub fn agent(cmd: AgentCommand) -> Result<(), String> {
     match cmd {
         AgentCommand::Add { name, password, password_stdin, max_active, bot, data } => {
             let password = password_from(password, password_stdin)?;
-            let conn = sqlite::open_admin(&data.data_dir)?;
-            let a = sqlite::add_agent(&conn, &name, &password, max_active, bot)?;
+            let a = admin(&data)?.add_agent(&name, &password, max_active, bot)?;
             println!("added agent {} ({}){}", a.name, a.id, if bot { " [bot]" } else { "" });
             Ok(())
         }
         AgentCommand::List { data } => {
-            let conn = sqlite::open_admin(&data.data_dir)?;
-            let agents = sqlite::all_agents(&conn).map_err(|e| format!("cannot list agents: {e}"))?;
+            let agents = admin(&data)?.agents()?;
             if agents.is_empty() {
                 println!("no agents");
             }
@@ -28,14 +26,12 @@ pub fn agent(cmd: AgentCommand) -> Result<(), String> {
         }
         AgentCommand::Passwd { name, password, password_stdin, data } => {
             let password = password_from(password, password_stdin)?;
-            let conn = sqlite::open_admin(&data.data_dir)?;
-            sqlite::set_password(&conn, &name, &password)?;
+            admin(&data)?.set_password(&name, &password)?;
             println!("changed the password of agent {name}; tokens issued before are revoked");
             Ok(())
         }
         AgentCommand::Remove { name, data } => {
-            let conn = sqlite::open_admin(&data.data_dir)?;
-            sqlite::remove_agent(&conn, &name)?;
+            admin(&data)?.remove_agent(&name)?;
             println!("removed agent {name}");
             Ok(())
         }
@@ -56,4 +52,14 @@ fn password_from(password: Option<String>, stdin: bool) -> Result<String, String
         }
         _ => Err("give the password with --password PW or --password-stdin".into()),
     }
+}
+
+/// The configured storage's account management (the same place `serve` opens it).
+fn admin(data: &crate::config::DataDirArg) -> Result<Box<dyn store::Admin>, String> {
+    store::open_admin(&StoreConfig {
+        data_dir: data.data_dir.clone(),
+        full_sync: true,
+        fold_after: std::time::Duration::from_secs(4),
+        cache_mib: 4,
+    })
 }

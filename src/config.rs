@@ -208,6 +208,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PARLEY_FOLD_AFTER_MS", default_value_t = 4000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub fold_after_ms: u64,
+    /// Page cache of the store's connections together, in MiB (half for the
+    /// writer, half shared by the readers). More: fewer reads from disk.
+    #[arg(long, env = "PARLEY_STORE_CACHE_MIB", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(4..=65_536))]
+    pub store_cache_mib: u32,
 }
 
 /// Validated settings of a running server.
@@ -233,6 +238,7 @@ pub struct Config {
     pub agent_token_ttl_secs: u64,
     pub sync_full: bool,
     pub fold_after: std::time::Duration,
+    pub store_cache_mib: u32,
     /// TCP gateway address, and whether it was asked for explicitly.
     pub tcp_listen: Option<(String, bool)>,
     /// Room -> bot account name.
@@ -424,6 +430,7 @@ impl Config {
             agent_token_ttl_secs: a.agent_token_ttl_secs,
             sync_full: a.sync == "full",
             fold_after: std::time::Duration::from_millis(a.fold_after_ms),
+            store_cache_mib: a.store_cache_mib,
         })
     }
 
@@ -433,6 +440,16 @@ impl Config {
             max_frame_bytes: self.max_frame_bytes,
             rate_per_sec: self.rate_per_sec,
             rate_burst: self.rate_burst,
+        }
+    }
+
+    /// The store's settings.
+    pub fn store(&self) -> crate::store::StoreConfig {
+        crate::store::StoreConfig {
+            data_dir: self.data_dir.clone(),
+            full_sync: self.sync_full,
+            fold_after: self.fold_after,
+            cache_mib: self.store_cache_mib,
         }
     }
 

@@ -5,8 +5,7 @@ use crate::auth::{random_password, Signer};
 use crate::chat::ChatServer;
 use crate::config::{Config, ServeArgs};
 use crate::http::{self, ws::ConnSocket, AppState};
-use crate::store::sqlite::{self, SqliteStore};
-use crate::store::Store;
+use crate::store::{self, Store};
 use actix::prelude::*;
 use actix_web::{web, App, HttpServer};
 use std::io::Write;
@@ -50,24 +49,26 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     // Opened first: it folds what the last run logged and did not fold, so
     // the reads below see every message.
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir, cfg.sync_full, cfg.fold_after, done_tx)?);
-    let conn = sqlite::open_admin(&cfg.data_dir)?;
-    let mut agents = sqlite::all_agents(&conn).map_err(|e| format!("cannot read agents: {e}"))?;
-    if agents.is_empty() {
-        let pw = random_password();
-        let a = sqlite::add_agent(&conn, "admin", &pw, None, false)?;
-        println!("created agent admin with password {pw}");
-        agents.push(a);
+    let store = store::open(&cfg.store(), done_tx)?;
+    {
+        let admin = store::open_admin(&cfg.store())?;
+        if admin.agents()?.is_empty() {
+            let pw = random_password();
+            admin.add_agent("admin", &pw, None, false)?;
+            println!("created agent admin with password {pw}");
+        }
     }
-    let open = sqlite::open_conversations(&conn).map_err(|e| format!("cannot read conversations: {e}"))?;
-    drop(conn);
     let signer = Arc::new(
         Signer::load(cfg.secret.as_deref(), &cfg.data_dir)
             .map_err(|e| format!("cannot load the signing secret: {e}"))?,
     );
     trim_heap();
     let system = actix::System::new();
-    system.block_on(async move { serve(cfg, signer, store, done_rx, agents, open).await })
+    system.block_on(async move {
+        let agents = store.agents().await.map_err(|e| format!("cannot read the agents: {e}"))?;
+        let open = store.open_conversations().await.map_err(|e| format!("cannot read the conversations: {e}"))?;
+        serve(cfg, signer, store, done_rx, agents, open).await
+    })
 }
 
 /// Holds an exclusive lock on `DATA_DIR/parley.lock` for as long as the

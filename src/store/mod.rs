@@ -1,5 +1,7 @@
-//! Storage: the [`Store`] trait, the rows it returns and the writes it takes.
-//! Implementations: `sqlite` (embedded default).
+//! Storage: the [`Store`] trait, the rows it returns and the writes it takes;
+//! the [`Admin`] trait for account management (the `parley agent` commands);
+//! and [`open`] / [`open_admin`], the one place that picks the implementation
+//! from the configuration. Implementations: `sqlite` (embedded default).
 //!
 //! Guarantees every implementation gives:
 //! - Writes ([`Store::submit`]) are applied in submission order and committed in
@@ -149,8 +151,49 @@ pub trait Store: Send + Sync + 'static {
     /// Every agent account, by name (the server rereads them to notice
     /// accounts removed or changed by `parley agent`).
     fn agents(&self) -> StoreFuture<Vec<AgentRow>>;
+    /// Every conversation that is not closed, oldest in the queue first (the
+    /// live state a node starts from).
+    fn open_conversations(&self) -> StoreFuture<Vec<ConvRow>>;
     /// Read markers of a conversation: (user id, seq).
     fn read_markers(&self, conversation: &str) -> StoreFuture<Vec<(String, u64)>>;
     /// Answers when the database does.
     fn ping(&self) -> StoreFuture<()>;
+}
+
+/// Account management, synchronous: the `parley agent` commands, which may
+/// run beside a server using the same storage, and first-start setup.
+pub trait Admin {
+    /// Creates an agent account; the error says what to fix (name taken, …).
+    fn add_agent(&self, name: &str, password: &str, max_active: Option<u32>, bot: bool) -> Result<AgentRow, String>;
+    /// Every agent account, by name.
+    fn agents(&self) -> Result<Vec<AgentRow>, String>;
+    /// Sets a new password and voids every token issued before now.
+    fn set_password(&self, name: &str, password: &str) -> Result<(), String>;
+    /// Deletes an account.
+    fn remove_agent(&self, name: &str) -> Result<(), String>;
+}
+
+/// Where the data lives and how the store behaves, from the settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: std::path::PathBuf,
+    /// fsync every commit (`--sync full`).
+    pub full_sync: bool,
+    /// How long new messages may stay in the message log (`--fold-after-ms`).
+    pub fold_after: std::time::Duration,
+    /// Page cache of all the store's connections together, in MiB.
+    pub cache_mib: u32,
+}
+
+/// Opens the configured store for a server; write completions go to `done`.
+pub fn open(
+    cfg: &StoreConfig,
+    done: tokio::sync::mpsc::UnboundedSender<Vec<Completion>>,
+) -> Result<Arc<dyn Store>, String> {
+    Ok(Arc::new(sqlite::SqliteStore::open(cfg, done)?))
+}
+
+/// Opens the configured storage for account management.
+pub fn open_admin(cfg: &StoreConfig) -> Result<Box<dyn Admin>, String> {
+    Ok(Box::new(sqlite::SqliteAdmin::open(&cfg.data_dir)?))
 }

@@ -33,8 +33,8 @@ const WRITER_BUSY_RETRY: std::time::Duration = std::time::Duration::from_micros(
 /// Reader connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
-/// Page cache of each connection, KiB.
-const CACHE_KIB: i64 = 64 * 1024;
+/// Smallest page cache of a connection, KiB (SQLite's own default is 2 MiB).
+const MIN_CACHE_KIB: i64 = 1024;
 /// How often the checkpoint thread copies committed WAL pages into the
 /// database, off the writer's path: a commit never waits for a checkpoint.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -75,6 +75,8 @@ const MIGRATIONS: &[&str] = &[
 
 pub struct SqliteStore {
     path: PathBuf,
+    /// Page cache of each reader connection, KiB.
+    reader_cache_kib: i64,
     writer: Mutex<std_mpsc::Sender<(u64, WriteOp)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     tails: SharedTails,
@@ -102,7 +104,7 @@ struct Unfolded {
     rowid: i64,
 }
 
-fn open_conn(path: &Path, full_sync: bool) -> rusqlite::Result<Connection> {
+fn open_conn(path: &Path, full_sync: bool, cache_kib: i64) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -111,7 +113,7 @@ fn open_conn(path: &Path, full_sync: bool) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" })?;
     // Pages of the conversations being written stay cached between commits.
-    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    conn.pragma_update(None, "cache_size", -cache_kib.max(MIN_CACHE_KIB))?;
     // Checkpoints come from the checkpoint thread (see `checkpoint_loop`).
     conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
@@ -119,10 +121,10 @@ fn open_conn(path: &Path, full_sync: bool) -> rusqlite::Result<Connection> {
 }
 
 /// Opens (creating if needed) the database and brings its schema up to date.
-pub fn open_admin(data_dir: &Path) -> Result<Connection, String> {
+fn open_admin(data_dir: &Path) -> Result<Connection, String> {
     std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let path = data_dir.join("parley.db");
-    let mut conn = open_conn(&path, true).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut conn = open_conn(&path, true, MIN_CACHE_KIB).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     migrate(&mut conn).map_err(|e| format!("cannot migrate {}: {e}", path.display()))?;
     Ok(conn)
 }
@@ -176,20 +178,26 @@ impl SqliteStore {
     /// Opens the store, folding what the last run left in the message log, and
     /// starts its writer thread; completions of writes go to `done`.
     /// `fold_after`: how long a message may stay in the message log (see [`Log`]).
-    pub fn open(
-        data_dir: &Path,
-        full_sync: bool,
-        fold_after: std::time::Duration,
-        done: UnboundedSender<Vec<Completion>>,
-    ) -> Result<SqliteStore, String> {
+    ///
+    /// The page cache (`--store-cache-mib`) is shared out: half to the writer,
+    /// which rewrites the pages of the conversations being written, and half
+    /// among the reader connections kept idle. SQLite's page cache grows up to
+    /// its bound and stays there, so this bounds the store's memory.
+    pub fn open(cfg: &StoreConfig, done: UnboundedSender<Vec<Completion>>) -> Result<SqliteStore, String> {
+        let (data_dir, full_sync, fold_after) = (&cfg.data_dir, cfg.full_sync, cfg.fold_after);
+        let budget_kib = cfg.cache_mib as i64 * 1024;
+        let writer_kib = budget_kib / 2;
+        let reader_cache_kib = budget_kib / 2 / MAX_IDLE_READERS as i64;
         drop(open_admin(data_dir)?);
         let path = data_dir.join("parley.db");
-        let mut conn = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let mut conn =
+            open_conn(&path, full_sync, writer_kib).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         // The tails start empty: so must the log.
         fold_log(&mut conn)?;
         let tails = SharedTails::default();
         conn.busy_handler(Some(writer_busy)).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let ckpt = open_conn(&path, full_sync).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let ckpt =
+            open_conn(&path, full_sync, MIN_CACHE_KIB).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         // The checkpoint thread never waits for a lock: it tries again next time.
         ckpt.busy_timeout(std::time::Duration::ZERO).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let (tx, rx) = std_mpsc::channel();
@@ -209,7 +217,13 @@ impl SqliteStore {
                 }
             })
             .map_err(|e| format!("cannot start the store writer: {e}"))?;
-        Ok(SqliteStore { path, writer: Mutex::new(tx), readers: Arc::new(Mutex::new(Vec::new())), tails })
+        Ok(SqliteStore {
+            path,
+            reader_cache_kib,
+            writer: Mutex::new(tx),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            tails,
+        })
     }
 
     /// Runs `f` on a reader connection on a blocking thread.
@@ -220,11 +234,12 @@ impl SqliteStore {
     {
         let pool = self.readers.clone();
         let path = self.path.clone();
+        let cache_kib = self.reader_cache_kib;
         Box::pin(async move {
             let res = tokio::task::spawn_blocking(move || {
                 let conn = match pool.lock().pop() {
                     Some(c) => c,
-                    None => open_conn(&path, true)?,
+                    None => open_conn(&path, true, cache_kib)?,
                 };
                 let out = f(&conn);
                 let mut idle = pool.lock();
@@ -1055,11 +1070,12 @@ impl Store for SqliteStore {
     }
 
     fn agents(&self) -> StoreFuture<Vec<AgentRow>> {
-        self.read(|c| {
-            c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?
-                .query_map([], agent_from_row)?
-                .collect()
-        })
+        self.read(all_agents)
+    }
+
+    fn open_conversations(&self) -> StoreFuture<Vec<ConvRow>> {
+        let tails = self.tails.clone();
+        self.read(move |c| with_tails(c, &tails, || open_conversations(c)))
     }
 
     fn read_markers(&self, conversation: &str) -> StoreFuture<Vec<(String, u64)>> {
@@ -1076,80 +1092,92 @@ impl Store for SqliteStore {
     }
 }
 
-// ---------------------------------------------------------------- startup and admin (synchronous)
+// ---------------------------------------------------------------- admin (synchronous)
 
-/// Every conversation that is not closed (the live state a node starts from).
-pub fn open_conversations(conn: &Connection) -> rusqlite::Result<Vec<ConvRow>> {
-    conn.prepare(&format!(
+/// Account management on the database file: safe beside a running server
+/// (SQLite's locking; the server rereads the accounts every few seconds).
+pub struct SqliteAdmin {
+    conn: Connection,
+}
+
+impl SqliteAdmin {
+    pub fn open(data_dir: &Path) -> Result<SqliteAdmin, String> {
+        Ok(SqliteAdmin { conn: open_admin(data_dir)? })
+    }
+}
+
+/// Every conversation that is not closed, oldest in the queue first.
+fn open_conversations(conn: &Connection) -> rusqlite::Result<Vec<ConvRow>> {
+    conn.prepare_cached(&format!(
         "SELECT {CONV_COLS} FROM conversations WHERE status != 'closed' ORDER BY queued_at, created_at"
     ))?
     .query_map([], conv_from_row)?
     .collect()
 }
 
-pub fn all_agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRow>> {
-    conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?.query_map([], agent_from_row)?.collect()
+fn all_agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRow>> {
+    conn.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?
+        .query_map([], agent_from_row)?
+        .collect()
 }
 
-/// Creates an agent account; an error that says what to fix when the name is taken.
-pub fn add_agent(
-    conn: &Connection,
-    name: &str,
-    password: &str,
-    max_active: Option<u32>,
-    bot: bool,
-) -> Result<AgentRow, String> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err("agent name: must not be empty".into());
-    }
-    if let Some(why) = crate::protocol::name_problem(name) {
-        return Err(format!("agent name: {why}"));
-    }
-    if password.is_empty() {
-        return Err("password: must not be empty".into());
-    }
-    if max_active == Some(0) {
-        return Err("--max-active: must be greater than 0".into());
-    }
-    // Bots serve many conversations at once unless told otherwise.
-    let max_active = if bot { max_active.or(Some(BOT_MAX_ACTIVE)) } else { max_active };
-    let hash = auth::hash_password(password)?;
-    let id = auth::new_id("a_");
-    match conn.execute(
-        "INSERT INTO agents (id, name, password_hash, max_active, bot, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![id, name, hash, max_active, bot as i64, now_ms()],
-    ) {
-        Ok(_) => Ok(AgentRow { id, name: name.to_string(), password_hash: hash, max_active, bot, tokens_after: 0 }),
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            Err(format!("an agent named `{name}` already exists"))
+impl Admin for SqliteAdmin {
+    fn add_agent(&self, name: &str, password: &str, max_active: Option<u32>, bot: bool) -> Result<AgentRow, String> {
+        let conn = &self.conn;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err("agent name: must not be empty".into());
         }
-        Err(e) => Err(format!("cannot add agent: {e}")),
+        if let Some(why) = crate::protocol::name_problem(name) {
+            return Err(format!("agent name: {why}"));
+        }
+        if password.is_empty() {
+            return Err("password: must not be empty".into());
+        }
+        if max_active == Some(0) {
+            return Err("--max-active: must be greater than 0".into());
+        }
+        // Bots serve many conversations at once unless told otherwise.
+        let max_active = if bot { max_active.or(Some(BOT_MAX_ACTIVE)) } else { max_active };
+        let hash = auth::hash_password(password)?;
+        let id = auth::new_id("a_");
+        match conn.execute(
+            "INSERT INTO agents (id, name, password_hash, max_active, bot, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, name, hash, max_active, bot as i64, now_ms()],
+        ) {
+            Ok(_) => Ok(AgentRow { id, name: name.to_string(), password_hash: hash, max_active, bot, tokens_after: 0 }),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(format!("an agent named `{name}` already exists"))
+            }
+            Err(e) => Err(format!("cannot add agent: {e}")),
+        }
     }
-}
 
-/// Sets a new password and voids every token issued before now (sessions
-/// opened with them end within seconds: the server rereads the accounts).
-pub fn set_password(conn: &Connection, name: &str, password: &str) -> Result<(), String> {
-    if password.is_empty() {
-        return Err("password: must not be empty".into());
+    fn agents(&self) -> Result<Vec<AgentRow>, String> {
+        all_agents(&self.conn).map_err(|e| format!("cannot read the agents: {e}"))
     }
-    let hash = auth::hash_password(password)?;
-    match conn.execute(
-        "UPDATE agents SET password_hash = ?1, tokens_after = ?2 WHERE name = ?3",
-        params![hash, now_ms(), name],
-    ) {
-        Ok(0) => Err(format!("no agent named `{name}`")),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("cannot change the password: {e}")),
-    }
-}
 
-pub fn remove_agent(conn: &Connection, name: &str) -> Result<(), String> {
-    match conn.execute("DELETE FROM agents WHERE name = ?1", params![name]) {
-        Ok(0) => Err(format!("no agent named `{name}`")),
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("cannot remove agent: {e}")),
+    fn set_password(&self, name: &str, password: &str) -> Result<(), String> {
+        if password.is_empty() {
+            return Err("password: must not be empty".into());
+        }
+        let hash = auth::hash_password(password)?;
+        match self.conn.execute(
+            "UPDATE agents SET password_hash = ?1, tokens_after = ?2 WHERE name = ?3",
+            params![hash, now_ms(), name],
+        ) {
+            Ok(0) => Err(format!("no agent named `{name}`")),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot change the password: {e}")),
+        }
+    }
+
+    fn remove_agent(&self, name: &str) -> Result<(), String> {
+        match self.conn.execute("DELETE FROM agents WHERE name = ?1", params![name]) {
+            Ok(0) => Err(format!("no agent named `{name}`")),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot remove agent: {e}")),
+        }
     }
 }
 
