@@ -15,7 +15,7 @@ use crate::protocol::{
     MAX_COMMENT_CHARS, SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT,
 };
 use crate::session::JamSwitch;
-use crate::store::{AgentRow, Completion, ConvRow, NewMessage, Store, WriteOp, WriteOutcome};
+use crate::store::{AgentRow, Completion, ConvRow, Expect, NewMessage, Store, WriteOp, WriteOutcome};
 use crate::webhooks::Webhooks;
 use actix::dev::SendError;
 use actix::{
@@ -82,12 +82,37 @@ enum ReplyTo {
 
 /// What to do when a submitted write completes.
 enum Pending {
-    Open { reply: ReplyTo, conv: String },
-    Send { reply: ReplyTo, exclude: Option<u64> },
-    Change { reply: ReplyTo, conv: String, undo: ConvCore, also: Option<String> },
-    Rate { reply: ReplyTo, conv: String },
-    Read { conv: String, from: User, seq: u64 },
-    Contact { reply: ReplyTo, conv: String, email: String },
+    Open {
+        reply: ReplyTo,
+        conv: String,
+    },
+    Send {
+        reply: ReplyTo,
+        exclude: Option<u64>,
+    },
+    /// A routing change: memory takes `new` when it commits.
+    Change {
+        reply: ReplyTo,
+        conv: String,
+        new: ConvCore,
+        place: QueuePlace,
+        also: Option<String>,
+        incoming: Option<String>,
+    },
+    Rate {
+        reply: ReplyTo,
+        conv: String,
+    },
+    Read {
+        conv: String,
+        from: User,
+        seq: u64,
+    },
+    Contact {
+        reply: ReplyTo,
+        conv: String,
+        email: String,
+    },
 }
 
 /// The caller of a request, for permission checks.
@@ -128,6 +153,12 @@ pub struct ChatServer {
     accounts_checking: bool,
     /// New conversations per client address.
     opens: crate::abuse::Keyed<IpAddr>,
+    /// Routing requests waiting for a change of their conversation to commit.
+    deferred: HashMap<String, Vec<ClientRequest>>,
+    /// Requests whose wait is over, run at the end of the current handler.
+    replay: Vec<ClientRequest>,
+    /// Conversations to reload from the store (a change of theirs was refused).
+    reload: Vec<String>,
 }
 
 impl ChatServer {
@@ -166,6 +197,9 @@ impl ChatServer {
             presence_agents: HashSet::new(),
             accounts_checking: false,
             opens: crate::abuse::Keyed::per_minute(cfg.opens_per_minute.max(1)),
+            deferred: HashMap::new(),
+            replay: Vec::new(),
+            reload: Vec::new(),
         };
         for a in agents {
             srv.agents.insert(a.id.clone(), srv.agent_state(&a));
@@ -188,6 +222,7 @@ impl ChatServer {
                             sessions: HashSet::new(),
                             availability: Availability::Offline,
                             active: Default::default(),
+                            incoming: Default::default(),
                             last_assigned: 0,
                             grace: None,
                         });
@@ -212,6 +247,7 @@ impl ChatServer {
             sessions: HashSet::new(),
             availability: Availability::Offline,
             active: Default::default(),
+            incoming: Default::default(),
             last_assigned: 0,
             grace: None,
         }
@@ -306,6 +342,20 @@ impl ChatServer {
     /// Runs the work that handlers left behind: jammed sessions, automatic
     /// assignment, queue positions and presence. Called at the end of every handler.
     fn finish(&mut self, ctx: &mut Context<Self>) {
+        for m in std::mem::take(&mut self.replay) {
+            self.client_request(m, ctx);
+        }
+        for cid in std::mem::take(&mut self.reload) {
+            let fut = self.store.conversation(&cid);
+            ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                match res {
+                    Ok(Some(row)) => act.reconcile(row),
+                    Ok(None) => log::warn!("{cid} is gone from the store"),
+                    Err(e) => log::warn!("cannot reload {cid}: {e}"),
+                }
+                act.finish(ctx);
+            }));
+        }
         for _ in 0..16 {
             for sid in std::mem::take(&mut self.jammed) {
                 self.jam(sid, ctx);
@@ -451,8 +501,20 @@ impl ChatServer {
     }
 
     /// Moves a conversation to a new state, keeping every index (room queues,
-    /// agent loads, customer's open list) in step. Used forward and to undo.
+    /// agent loads, customer's open list) in step. Called once the change is
+    /// committed (or to match what the store holds).
     fn apply_core(&mut self, cid: &str, new: ConvCore, place: QueuePlace) {
+        // Where its queue time puts it, among the others (for `ByTime`).
+        let by_time = match (place, new.status) {
+            (QueuePlace::ByTime, ConvStatus::Queued) => self.rooms.get(&new.room).map(|r| {
+                r.queue
+                    .iter()
+                    .filter(|c| c.as_str() != cid)
+                    .position(|c| self.convs.get(c).is_some_and(|c| c.queued_at > new.queued_at))
+                    .unwrap_or(r.queue.len().saturating_sub(usize::from(r.queue.iter().any(|c| c == cid))))
+            }),
+            _ => None,
+        };
         let Some(conv) = self.convs.get_mut(cid) else { return };
         let old = conv.core();
         if old.status == ConvStatus::Queued {
@@ -484,6 +546,11 @@ impl ChatServer {
                         QueuePlace::Front => {
                             r.queue.push_front(cid.to_string());
                             0
+                        }
+                        QueuePlace::ByTime => {
+                            let at = by_time.unwrap_or(r.queue.len()).min(r.queue.len());
+                            r.queue.insert(at, cid.to_string());
+                            at
                         }
                     };
                     mark_positions(&mut self.position_rooms, &new.room, at);
@@ -539,6 +606,14 @@ impl ChatServer {
         reply: ReplyTo,
     ) {
         let Some(conv) = self.convs.get(cid) else { return };
+        if conv.changing {
+            // Requests wait for the change in flight (see `client_request`);
+            // background work (assignment, sweeps) comes back to it later.
+            if !matches!(reply, ReplyTo::None) {
+                self.reply_error(reply, ApiError::conflict(format!("conversation {cid} is changing: retry")));
+            }
+            return;
+        }
         if let Err(e) = self.busy() {
             return self.reply_error(reply, e);
         }
@@ -565,7 +640,20 @@ impl ChatServer {
             _ => before.transferred_from.clone(),
         };
         let new = ConvCore { status, agent: agent.clone(), queued_at, room: room.clone(), transferred_from };
-        self.apply_core(cid, new, place);
+        // A new assignee: the store checks their capacity as it commits, and
+        // meanwhile the conversation counts against it here.
+        let incoming = match (&agent, status) {
+            (Some(a), ConvStatus::Active) if before.agent.as_ref().map(|b| &b.id) != Some(&a.id) => Some(a.id.clone()),
+            _ => None,
+        };
+        let capacity = incoming.as_ref().map(|id| self.agents.get(id).map_or(u32::MAX, |a| a.max));
+        if let Some(a) = incoming.as_ref().and_then(|id| self.agents.get_mut(id)) {
+            a.incoming.insert(cid.to_string());
+        }
+        if let Some(c) = self.convs.get_mut(cid) {
+            c.changing = true;
+        }
+        let expect = Expect { status: before.status, agent: before.agent.as_ref().map(|a| a.id.clone()) };
         let msg = NewMessage {
             id: new_id("m_"),
             conversation: cid.to_string(),
@@ -576,8 +664,49 @@ impl ChatServer {
             client_id: None,
             event: Some(event),
         };
-        let op = WriteOp::Update { status, agent, room, queued_at, event: msg };
-        self.submit(op, Pending::Change { reply, conv: cid.to_string(), undo: before, also });
+        let op = WriteOp::Update { expect, status, agent, room, queued_at, capacity, event: msg };
+        self.submit(op, Pending::Change { reply, conv: cid.to_string(), new, place, also, incoming });
+    }
+
+    /// A routing change of `cid` committed or was refused: requests that
+    /// waited for it run now, and the assignee's reservation ends.
+    fn change_settled(&mut self, cid: &str, incoming: Option<&str>) {
+        if let Some(c) = self.convs.get_mut(cid) {
+            c.changing = false;
+        }
+        if let Some(a) = incoming.and_then(|id| self.agents.get_mut(id)) {
+            a.incoming.remove(cid);
+        }
+        if let Some(waiting) = self.deferred.remove(cid) {
+            self.replay.extend(waiting);
+        }
+    }
+
+    /// Brings a conversation this node held stale in line with the store
+    /// (after a refused change), then lets assignment choose again.
+    fn reconcile(&mut self, row: ConvRow) {
+        let Some(conv) = self.convs.get(&row.id) else { return };
+        if conv.changing {
+            return; // a newer change is on its way; its outcome will tell
+        }
+        let core = ConvCore {
+            status: row.status,
+            agent: row.agent,
+            queued_at: row.queued_at,
+            room: row.room.clone(),
+            transferred_from: conv.transferred_from.clone(),
+        };
+        self.apply_core(&row.id, core, QueuePlace::ByTime);
+        if let Some(c) = self.convs.get_mut(&row.id) {
+            c.last_seq = c.last_seq.max(row.last_seq);
+            c.rated = row.rated;
+        }
+        if let Some(snap) = self.snapshot(&row.id) {
+            let aud = self.audience(&self.convs[&row.id], true);
+            let f = Out::Conversation { r#ref: None, conversation: &snap }.encode();
+            self.send_many(&aud, &f);
+        }
+        self.assign_rooms.insert(row.room);
     }
 
     fn assign_room(&mut self, room: &str) {
@@ -593,6 +722,9 @@ impl ChatServer {
         let queue: Vec<String> = r.queue.iter().cloned().collect();
         for cid in queue {
             let Some(r) = self.rooms.get(room) else { return };
+            if self.convs.get(&cid).is_none_or(|c| c.changing) {
+                continue; // being assigned (or otherwise changed) already
+            }
             let skip = self
                 .convs
                 .get(&cid)
@@ -673,7 +805,9 @@ impl ChatServer {
             }
             (Pending::Send { reply, .. }, Ok(WriteOutcome::Done)) => self.reply_error(reply, ApiError::internal()),
             (Pending::Send { reply, .. }, Err(e)) => self.reply_error(reply, e.into()),
-            (Pending::Change { reply, conv, also, .. }, Ok(outcome)) => {
+            (Pending::Change { reply, conv, new, place, also, incoming }, Ok(outcome)) => {
+                self.change_settled(&conv, incoming.as_deref());
+                self.apply_core(&conv, new, place);
                 // The snapshot's last_seq counts the change's own event.
                 if let (WriteOutcome::Appended { message, .. }, Some(c)) = (&outcome, self.convs.get_mut(&conv)) {
                     c.last_seq = c.last_seq.max(message.seq);
@@ -717,8 +851,14 @@ impl ChatServer {
                     }
                 }
             }
-            (Pending::Change { reply, conv, undo, .. }, Err(e)) => {
-                self.apply_core(&conv, undo, QueuePlace::Front);
+            (Pending::Change { reply, conv, incoming, .. }, Err(e)) => {
+                // Nothing was applied, in the store or here.
+                self.change_settled(&conv, incoming.as_deref());
+                if matches!(e, StoreError::Conflict(_)) {
+                    // What this node knew was stale: reload it, then choose again.
+                    log::info!("routing change of {conv} refused: {e}");
+                    self.reload.push(conv.clone());
+                }
                 self.reply_error(reply, e.into());
             }
             (Pending::Rate { reply, conv }, res) => match res {
@@ -1256,6 +1396,7 @@ impl ChatServer {
             transferred_from: None,
             reads: HashMap::new(),
             contact_email: None,
+            changing: false,
         };
         let row = ConvRow {
             id: id.clone(),
@@ -1370,10 +1511,8 @@ impl ChatServer {
 
     fn check_capacity(&self, agent_id: &str) -> Result<(), ApiError> {
         match self.agents.get(agent_id) {
-            Some(a) if (a.active.len() as u32) < a.max => Ok(()),
-            Some(a) => {
-                Err(ApiError::conflict(format!("{} is at capacity ({} of {})", a.user.name, a.active.len(), a.max)))
-            }
+            Some(a) if (a.load() as u32) < a.max => Ok(()),
+            Some(a) => Err(ApiError::conflict(format!("{} is at capacity ({} of {})", a.user.name, a.load(), a.max))),
             None => Err(ApiError::not_found(format!("no agent {agent_id}"))),
         }
     }
@@ -1434,6 +1573,29 @@ impl ChatServer {
                 Ok(())
             }
             _ => Err(ApiError::bad_request("transfer: give exactly one of to_agent and to_room")),
+        }
+    }
+
+    /// One request of a session. A routing request about a conversation
+    /// whose change is still committing waits for it (and then sees the
+    /// conversation as the store has it).
+    fn client_request(&mut self, m: ClientRequest, ctx: &mut Context<Self>) {
+        if !self.sessions.contains_key(&m.sid) {
+            return; // the session is gone
+        }
+        let Some(m) = self.ready(m, ctx) else { return };
+        let routing = matches!(m.req, Request::Accept(_) | Request::Transfer(_) | Request::Close(_) | Request::Rate(_));
+        if let Some(cid) = conversation_of(&m.req).filter(|_| routing) {
+            if self.convs.get(cid).is_some_and(|c| c.changing) {
+                self.deferred.entry(cid.to_string()).or_default().push(m);
+                return;
+            }
+        }
+        let Some(s) = self.sessions.get(&m.sid) else { return };
+        let who = Who { user: s.user.clone(), sid: Some(m.sid) };
+        let (sid, r#ref) = (m.sid, m.r#ref.clone());
+        if let Err(e) = self.request(who, m.r#ref, m.req, ctx) {
+            self.reply_error(ReplyTo::Session { sid, r#ref }, e);
         }
     }
 
@@ -1555,6 +1717,7 @@ fn conv_from_row(row: ConvRow) -> Conv {
         transferred_from: None,
         reads: HashMap::new(),
         contact_email: row.contact_email,
+        changing: false,
     }
 }
 
@@ -1681,6 +1844,7 @@ impl Handler<Connect> for ChatServer {
                         sessions: HashSet::new(),
                         availability: Availability::Offline,
                         active: Default::default(),
+                        incoming: Default::default(),
                         last_assigned: 0,
                         grace: None,
                     })
@@ -1767,16 +1931,7 @@ impl Handler<ClientRequest> for ChatServer {
     type Result = ();
 
     fn handle(&mut self, m: ClientRequest, ctx: &mut Context<Self>) {
-        if !self.sessions.contains_key(&m.sid) {
-            return; // the session is gone
-        }
-        let Some(m) = self.ready(m, ctx) else { return };
-        let Some(s) = self.sessions.get(&m.sid) else { return };
-        let who = Who { user: s.user.clone(), sid: Some(m.sid) };
-        let (sid, r#ref) = (m.sid, m.r#ref.clone());
-        if let Err(e) = self.request(who, m.r#ref, m.req, ctx) {
-            self.reply_error(ReplyTo::Session { sid, r#ref }, e);
-        }
+        self.client_request(m, ctx);
         self.finish(ctx);
     }
 }

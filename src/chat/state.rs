@@ -27,6 +27,9 @@ pub struct Conv {
     pub reads: HashMap<String, u64>,
     /// An email address the customer left for a reply by mail.
     pub contact_email: Option<String>,
+    /// A routing change of it is submitted and not committed yet: memory
+    /// changes when it commits, and routing requests about it wait till then.
+    pub changing: bool,
 }
 
 /// The fields a state change touches, kept to undo it if storing it fails.
@@ -99,6 +102,8 @@ pub enum QueuePlace {
     Back,
     /// Returned by a vanished agent: at the front.
     Front,
+    /// Where its queue time puts it (reloaded from the store).
+    ByTime,
 }
 
 /// An agent known to this node.
@@ -111,6 +116,9 @@ pub struct AgentState {
     pub availability: Availability,
     /// Active conversations assigned to them.
     pub active: BTreeSet<String>,
+    /// Conversations being assigned to them: submitted, not committed yet.
+    /// They count against capacity so that no choice overfills the agent.
+    pub incoming: BTreeSet<String>,
     /// Monotonic tick of their last assignment (or of coming online).
     pub last_assigned: u64,
     /// Pending grace timer after their last session went away.
@@ -128,9 +136,14 @@ impl AgentState {
         }
     }
 
+    /// Conversations they hold or are being given.
+    pub fn load(&self) -> usize {
+        self.active.len() + self.incoming.len()
+    }
+
     /// Can take one more conversation right now.
     pub fn can_take(&self) -> bool {
-        self.availability == Availability::Online && !self.sessions.is_empty() && (self.active.len() as u32) < self.max
+        self.availability == Availability::Online && !self.sessions.is_empty() && (self.load() as u32) < self.max
     }
 }
 
@@ -148,7 +161,7 @@ pub fn pick_agent<'a>(
         .filter(|id| Some(id.as_str()) != skip)
         .filter_map(|id| agents.get(id))
         .filter(|a| a.can_take() && !a.bot)
-        .min_by_key(|a| (a.active.len(), a.last_assigned, a.user.id.clone()))
+        .min_by_key(|a| (a.load(), a.last_assigned, a.user.id.clone()))
 }
 
 #[cfg(test)]
@@ -164,6 +177,7 @@ mod tests {
             sessions: [1].into_iter().collect(),
             availability: Availability::Online,
             active: (0..active).map(|i| format!("c{i}")).collect(),
+            incoming: Default::default(),
             last_assigned: last,
             grace: None,
         }

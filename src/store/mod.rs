@@ -14,6 +14,15 @@
 //!   carries the original, `duplicate: true`.
 //! - Read markers only move forward.
 //! - A failed write applied nothing.
+//! - The store arbitrates routing: every routing change (assign, accept,
+//!   transfer, close, a return to the queue) is a conditional
+//!   [`WriteOp::Update`] naming the conversation's status and assignee as the
+//!   caller saw them and, for an assignment, the assignee's capacity; it is
+//!   applied atomically or refused with `conflict`. A customer has at most
+//!   one conversation that is not closed per room ([`WriteOp::CreateConversation`]).
+//!   So nodes that share a store cannot double-assign or overfill an agent
+//!   whatever their memory holds; the ChatServer changes its memory only
+//!   once a change commits, and reloads a conversation whose change was refused.
 
 pub mod sqlite;
 
@@ -102,13 +111,27 @@ impl NewMessage {
 pub enum WriteOp {
     /// Changes nothing; completes once everything submitted before it has.
     Barrier,
-    /// Stores a new conversation.
+    /// Stores a new conversation; `conflict` if the customer already has one
+    /// that is not closed in that room.
     CreateConversation(ConvRow),
     /// Appends a message. Texts and notes: `conflict` if the conversation is
     /// closed, `not_found` if it does not exist; deduplicated on (conversation, sender, client_id).
     Append(NewMessage),
-    /// Sets status, assignee, room and queue time, and appends the event, atomically.
-    Update { status: ConvStatus, agent: Option<User>, room: String, queued_at: Ts, event: NewMessage },
+    /// A routing change, applied only if the conversation is still as the
+    /// caller saw it (`expect`) and, for an assignment, the new assignee holds
+    /// fewer than `capacity` active conversations: then it sets status,
+    /// assignee, room and queue time and appends the event, atomically;
+    /// otherwise `conflict`, and nothing is written.
+    Update {
+        expect: Expect,
+        status: ConvStatus,
+        agent: Option<User>,
+        room: String,
+        queued_at: Ts,
+        /// For an assignment: the most active conversations the new assignee may hold.
+        capacity: Option<u32>,
+        event: NewMessage,
+    },
     /// Records a rating of a closed conversation and appends the event;
     /// `conflict` if not closed or already rated.
     Rate { score: u8, comment: Option<String>, event: NewMessage },
@@ -116,6 +139,14 @@ pub enum WriteOp {
     Contact { conversation: String, email: String },
     /// Moves a read marker forward (never back).
     Read { conversation: String, user_id: String, seq: u64 },
+}
+
+/// The state a routing change was decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    pub status: ConvStatus,
+    /// The assignee's id (None: unassigned).
+    pub agent: Option<String>,
 }
 
 /// What a committed write produced.

@@ -71,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_message_log.sql"),
     include_str!("../../migrations/0004_token_revocation.sql"),
     include_str!("../../migrations/0005_contact_email.sql"),
+    include_str!("../../migrations/0006_routing_guards.sql"),
 ];
 
 pub struct SqliteStore {
@@ -707,21 +708,32 @@ fn apply(
     match op {
         WriteOp::Barrier => Ok(Ok(WriteOutcome::Done)),
         WriteOp::CreateConversation(c) => {
-            tx.prepare_cached(
-                "INSERT INTO conversations (id, room, status, customer_id, customer_name, agent_id, agent_name,
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO conversations (id, room, status, customer_id, customer_name, agent_id, agent_name,
                  created_at, queued_at, last_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
-            )?
-            .execute(params![
-                c.id,
-                c.room,
-                c.status.as_str(),
-                c.customer.id,
-                c.customer.name,
-                c.agent.as_ref().map(|a| &a.id),
-                c.agent.as_ref().map(|a| &a.name),
-                c.created_at,
-                c.queued_at
-            ])?;
+                )?
+                .execute(params![
+                    c.id,
+                    c.room,
+                    c.status.as_str(),
+                    c.customer.id,
+                    c.customer.name,
+                    c.agent.as_ref().map(|a| &a.id),
+                    c.agent.as_ref().map(|a| &a.name),
+                    c.created_at,
+                    c.queued_at
+                ]);
+            match inserted {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Ok(Err(StoreError::Conflict(format!(
+                        "the customer already has an open conversation in room `{}`",
+                        c.room
+                    ))));
+                }
+                Err(e) => return Err(e),
+            }
             let closed = c.status == ConvStatus::Closed;
             seqs.insert(c.id.clone(), ConvSeq { last_seq: 0, closed, client_ids: HashMap::new() });
             Ok(Ok(WriteOutcome::Done))
@@ -757,10 +769,13 @@ fn apply(
             }
             Ok(Ok(WriteOutcome::Appended { message: Arc::new(message), duplicate: false }))
         }
-        WriteOp::Update { status, agent, room, queued_at, event } => {
+        WriteOp::Update { expect, status, agent, room, queued_at, capacity, event } => {
             let Some(last_seq) = conv_seq(tx, seqs, tails, group, &event.conversation)?.map(|c| c.last_seq) else {
                 return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
             };
+            if let Err(refused) = check_routing(tx, &event.conversation, &expect, agent.as_ref(), capacity)? {
+                return Ok(Err(refused));
+            }
             let seq = last_seq + 1;
             let closed_at = (status == ConvStatus::Closed).then_some(event.ts);
             tx.prepare_cached(
@@ -835,6 +850,41 @@ fn apply(
             Ok(Ok(WriteOutcome::Done))
         }
     }
+}
+
+/// The conditions of a routing change (see `WriteOp::Update`), checked
+/// inside the committing transaction: `Ok(Err(conflict))` when they no longer hold.
+fn check_routing(
+    tx: &rusqlite::Transaction,
+    conversation: &str,
+    expect: &Expect,
+    agent: Option<&User>,
+    capacity: Option<u32>,
+) -> rusqlite::Result<Result<(), StoreError>> {
+    let (status, agent_id): (String, Option<String>) = tx
+        .prepare_cached("SELECT status, agent_id FROM conversations WHERE id = ?1")?
+        .query_row(params![conversation], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let status = ConvStatus::parse(&status).unwrap_or(ConvStatus::Closed);
+    // A closed conversation keeps its last assignee: compare assignees only when it matters.
+    let same_agent = status == ConvStatus::Closed || agent_id == expect.agent;
+    if status != expect.status || !same_agent {
+        let now = match (&agent_id, status) {
+            (Some(a), ConvStatus::Active) => format!("active with {a}"),
+            _ => status.as_str().to_string(),
+        };
+        return Ok(Err(StoreError::Conflict(format!("conversation {conversation} changed meanwhile: it is {now}"))));
+    }
+    if let (Some(a), Some(max)) = (agent, capacity) {
+        let active: u32 = tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM conversations WHERE agent_id = ?1 AND status = 'active' AND id != ?2",
+            )?
+            .query_row(params![a.id, conversation], |r| r.get(0))?;
+        if active >= max {
+            return Ok(Err(StoreError::Conflict(format!("{} is at capacity ({active} of {max})", a.name))));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// The writer's statements on one log table.
