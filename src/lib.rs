@@ -8,7 +8,9 @@
 //!   per address, keyed token buckets
 //! - `auth`     password hashes, signed tokens, ids
 //! - `session`  one actor per connection (WebSocket), rate limit, jam switch
-//! - `chat`     the ChatServer actor: routing, permissions, assignment, fan-out
+//! - `chat`     the ChatServer actor: routing, permissions, assignment;
+//!   `chat::deliver`, the one entry through which effects reach sessions
+//! - `backplane` where committed effects go (in-process loopback on one node)
 //! - `store`    the Store trait and its SQLite implementation (group commit)
 //! - `http`     REST API, WebSocket upgrade, pages, metrics
 //! - `serve`    wiring it all together and running until a signal
@@ -17,6 +19,7 @@
 
 pub mod abuse;
 pub mod auth;
+pub mod backplane;
 pub mod chat;
 pub mod cli;
 pub mod config;

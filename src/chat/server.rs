@@ -7,24 +7,24 @@
 use super::messages::*;
 use super::state::*;
 use crate::auth::new_id;
+use crate::backplane::{Backplane, Effect};
 use crate::config::Config;
 use crate::error::{ApiError, StoreError};
 use crate::protocol::{
-    self, char_len, close, error_frame, now_ms, Availability, ConvStatus, Conversation, Encoded, HistoryBody, Message,
-    MsgKind, Open, Out, Presence, ReadMark, Request, Role, RoomInfo, Transfer, User, MAX_CLIENT_ID_CHARS,
-    MAX_COMMENT_CHARS, SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT,
+    self, char_len, close, error_frame, now_ms, Availability, ConvStatus, Conversation, HistoryBody, Message, MsgKind,
+    Open, Out, Presence, ReadMark, Request, Role, RoomInfo, Transfer, User, MAX_CLIENT_ID_CHARS, MAX_COMMENT_CHARS,
+    SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT,
 };
 use crate::session::JamSwitch;
 use crate::store::{AgentRow, Completion, ConvRow, Expect, NewMessage, Store, WriteOp, WriteOutcome};
 use crate::webhooks::Webhooks;
-use actix::dev::SendError;
 use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, Recipient, StreamHandler, WrapFuture,
 };
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -47,24 +47,24 @@ const ACCOUNT_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Longest interval between looks for queued customers who left.
 const ABANDON_SWEEP_MAX: Duration = Duration::from_secs(5);
 
-struct Sess {
-    user: User,
+pub(super) struct Sess {
+    pub(super) user: User,
     /// When an agent's token was issued (Unix ms): a password change after it ends the session.
-    token_iat: u64,
+    pub(super) token_iat: u64,
     /// The client's address.
-    addr: IpAddr,
-    outbox: Recipient<Outbound>,
-    queued: Arc<AtomicUsize>,
-    jam: Option<Arc<JamSwitch>>,
-    rooms: HashSet<String>,
+    pub(super) addr: IpAddr,
+    pub(super) outbox: Recipient<Outbound>,
+    pub(super) queued: Arc<AtomicUsize>,
+    pub(super) jam: Option<Arc<JamSwitch>>,
+    pub(super) rooms: HashSet<String>,
 }
 
-struct Customer {
-    sessions: HashSet<u64>,
+pub(super) struct Customer {
+    pub(super) sessions: HashSet<u64>,
     /// Non-closed conversations.
-    open: Vec<String>,
+    pub(super) open: Vec<String>,
     /// Since when the customer has had no session (meaningful while `sessions` is empty).
-    away_since: Instant,
+    pub(super) away_since: Instant,
 }
 
 impl Default for Customer {
@@ -130,35 +130,37 @@ enum Access {
 }
 
 pub struct ChatServer {
-    cfg: Arc<Config>,
-    store: Arc<dyn Store>,
-    sessions: HashMap<u64, Sess>,
-    convs: HashMap<String, Conv>,
-    closed_lru: VecDeque<String>,
-    rooms: HashMap<String, Room>,
-    agents: HashMap<String, AgentState>,
-    customers: HashMap<String, Customer>,
+    pub(super) cfg: Arc<Config>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) sessions: HashMap<u64, Sess>,
+    pub(super) convs: HashMap<String, Conv>,
+    pub(super) closed_lru: VecDeque<String>,
+    pub(super) rooms: HashMap<String, Room>,
+    pub(super) agents: HashMap<String, AgentState>,
+    pub(super) customers: HashMap<String, Customer>,
     pending: HashMap<u64, Pending>,
-    next_token: u64,
-    tick: u64,
-    completions: Option<UnboundedReceiver<Vec<Completion>>>,
-    webhooks: Webhooks,
+    pub(super) next_token: u64,
+    pub(super) tick: u64,
+    pub(super) completions: Option<UnboundedReceiver<Vec<Completion>>>,
+    pub(super) webhooks: Webhooks,
+    /// Where committed effects go, to come back into `deliver`.
+    pub(super) backplane: Box<dyn Backplane>,
     // Work left for `finish`:
-    jammed: Vec<u64>,
-    assign_rooms: HashSet<String>,
+    pub(super) jammed: Vec<u64>,
+    pub(super) assign_rooms: HashSet<String>,
     /// Rooms whose queue positions changed, from this index on.
-    position_rooms: HashMap<String, usize>,
-    presence_agents: HashSet<String>,
+    pub(super) position_rooms: HashMap<String, usize>,
+    pub(super) presence_agents: HashSet<String>,
     /// A reread of the agent accounts is under way.
-    accounts_checking: bool,
+    pub(super) accounts_checking: bool,
     /// New conversations per client address.
-    opens: crate::abuse::Keyed<IpAddr>,
+    pub(super) opens: crate::abuse::Keyed<IpAddr>,
     /// Routing requests waiting for a change of their conversation to commit.
-    deferred: HashMap<String, Vec<ClientRequest>>,
+    pub(super) deferred: HashMap<String, Vec<ClientRequest>>,
     /// Requests whose wait is over, run at the end of the current handler.
-    replay: Vec<ClientRequest>,
+    pub(super) replay: Vec<ClientRequest>,
     /// Conversations to reload from the store (a change of theirs was refused).
-    reload: Vec<String>,
+    pub(super) reload: Vec<String>,
 }
 
 impl ChatServer {
@@ -191,6 +193,7 @@ impl ChatServer {
             tick: 1,
             completions: Some(completions),
             webhooks,
+            backplane: crate::backplane::configured(),
             jammed: Vec::new(),
             assign_rooms: HashSet::new(),
             position_rooms: HashMap::new(),
@@ -251,57 +254,6 @@ impl ChatServer {
             last_assigned: 0,
             grace: None,
         }
-    }
-
-    // ------------------------------------------------------------ delivery
-
-    /// Queues a frame for one session; a session whose queue is full is jammed.
-    fn send(&mut self, sid: u64, frame: &Encoded) {
-        let Some(s) = self.sessions.get(&sid) else { return };
-        let len = frame.len();
-        let before = s.queued.fetch_add(len, Ordering::Relaxed);
-        // A frame larger than the whole bound (a long queue in a `room` reply)
-        // still goes to a session that has nothing else waiting.
-        if before > 0 && before + len > self.cfg.queue_bytes {
-            self.jammed.push(sid);
-            return;
-        }
-        match s.outbox.try_send(Outbound::Frame(frame.clone())) {
-            Ok(()) => {}
-            Err(SendError::Full(_)) => self.jammed.push(sid),
-            Err(SendError::Closed(_)) => {} // its Disconnect is on the way
-        }
-    }
-
-    fn send_many(&mut self, sids: &[u64], frame: &Encoded) {
-        for &sid in sids {
-            self.send(sid, frame);
-        }
-    }
-
-    /// Every session that receives a conversation's traffic: the customer's
-    /// (unless `customer` is false, for notes), the assignee's, and those that
-    /// joined its room. Sorted, without duplicates.
-    fn audience(&self, conv: &Conv, customer: bool) -> Vec<u64> {
-        let mut v = Vec::new();
-        if customer {
-            if let Some(c) = self.customers.get(&conv.customer.id) {
-                v.extend(c.sessions.iter().copied());
-            }
-        }
-        if let Some(a) = conv.agent.as_ref().and_then(|a| self.agents.get(&a.id)) {
-            v.extend(a.sessions.iter().copied());
-        }
-        if let Some(r) = self.rooms.get(&conv.room) {
-            v.extend(r.sessions.iter().copied());
-        }
-        v.sort_unstable();
-        v.dedup();
-        v
-    }
-
-    fn agent_sessions(&self, agent_id: &str) -> Vec<u64> {
-        self.agents.get(agent_id).map(|a| a.sessions.iter().copied().collect()).unwrap_or_default()
     }
 
     fn reply_error(&mut self, to: ReplyTo, e: ApiError) {
@@ -409,14 +361,11 @@ impl ChatServer {
         if changed.is_empty() {
             return;
         }
-        let customers: Vec<u64> =
-            self.sessions.iter().filter(|(_, s)| s.user.role == Role::Customer).map(|(sid, _)| *sid).collect();
         for (name, online) in changed {
             if let Some(r) = self.rooms.get_mut(&name) {
                 r.online_told = online;
             }
-            let f = Out::RoomStatus { room: &name, online }.encode();
-            self.send_many(&customers, &f);
+            self.publish(Effect::RoomStatus { room: name, online });
         }
     }
 
@@ -425,12 +374,11 @@ impl ChatServer {
         let mut out = Vec::new();
         for (name, room) in &self.rooms {
             if room.agents.contains_key(agent_id) {
-                let f = Out::Presence(&a.presence(name, true)).encode();
-                out.push((room.sessions.iter().copied().collect::<Vec<_>>(), f));
+                out.push(a.presence(name, true));
             }
         }
-        for (sids, f) in out {
-            self.send_many(&sids, &f);
+        for presence in out {
+            self.publish(Effect::Presence { presence, exclude: None });
         }
     }
 
@@ -454,14 +402,14 @@ impl ChatServer {
         for (cid, pos) in changed {
             let Some(conv) = self.convs.get_mut(&cid) else { continue };
             conv.pushed_position = Some(pos);
-            let f = Out::Conversation { r#ref: None, conversation: &conv.snapshot(Some(pos)) }.encode();
-            let conv = &self.convs[&cid];
-            let aud = if to_agents {
-                self.audience(conv, true)
-            } else {
-                self.customers.get(&conv.customer.id).map(|c| c.sessions.iter().copied().collect()).unwrap_or_default()
-            };
-            self.send_many(&aud, &f);
+            let conversation = conv.snapshot(Some(pos));
+            self.publish(Effect::Conversation {
+                conversation,
+                customer: true,
+                agents: to_agents,
+                also: None,
+                exclude: None,
+            });
         }
     }
 
@@ -701,10 +649,14 @@ impl ChatServer {
             c.last_seq = c.last_seq.max(row.last_seq);
             c.rated = row.rated;
         }
-        if let Some(snap) = self.snapshot(&row.id) {
-            let aud = self.audience(&self.convs[&row.id], true);
-            let f = Out::Conversation { r#ref: None, conversation: &snap }.encode();
-            self.send_many(&aud, &f);
+        if let Some(conversation) = self.snapshot(&row.id) {
+            self.publish(Effect::Conversation {
+                conversation,
+                customer: true,
+                agents: true,
+                also: None,
+                exclude: None,
+            });
         }
         self.assign_rooms.insert(row.room);
     }
@@ -750,14 +702,14 @@ impl ChatServer {
         match (p, c.result) {
             (Pending::Open { reply, conv }, Ok(_)) => {
                 let Some(snap) = self.snapshot(&conv) else { return };
-                let mut aud = self.audience(&self.convs[&conv], true);
+                let mut exclude = None;
                 if let ReplyTo::Session { sid, r#ref } = reply {
                     let f = Out::Conversation { r#ref: r#ref.as_deref(), conversation: &snap }.encode();
                     self.send(sid, &f);
-                    aud.retain(|s| *s != sid);
+                    exclude = Some(sid);
                 }
-                let f = Out::Conversation { r#ref: None, conversation: &snap }.encode();
-                self.send_many(&aud, &f);
+                let conversation = snap.clone();
+                self.publish(Effect::Conversation { conversation, customer: true, agents: true, also: None, exclude });
                 if self.webhooks.wants("conversation.created") {
                     self.webhooks.emit("conversation.created", json!({ "conversation": snap }));
                 }
@@ -796,7 +748,10 @@ impl ChatServer {
                     ReplyTo::None => {}
                 }
                 if !duplicate {
-                    self.deliver(&message, exclude);
+                    if let Some(c) = self.convs.get_mut(&message.conversation) {
+                        c.last_seq = c.last_seq.max(message.seq);
+                    }
+                    self.publish(Effect::Message { message: message.clone(), also: None, exclude });
                     let note = message.kind == MsgKind::Note;
                     if self.webhooks.wants("message.created") && (!note || self.webhooks.notes()) {
                         self.webhooks.emit("message.created", json!({ "message": &*message }));
@@ -813,34 +768,25 @@ impl ChatServer {
                     c.last_seq = c.last_seq.max(message.seq);
                 }
                 let Some(snap) = self.snapshot(&conv) else { return };
-                let mut aud = self.audience(&self.convs[&conv], true);
-                if let Some(a) = &also {
-                    aud.extend(self.agent_sessions(a));
-                    aud.sort_unstable();
-                    aud.dedup();
-                }
-                let push = Out::Conversation { r#ref: None, conversation: &snap }.encode();
-                match &reply {
-                    ReplyTo::Session { sid, r#ref } => {
-                        let f = Out::Conversation { r#ref: r#ref.as_deref(), conversation: &snap }.encode();
-                        self.send(*sid, &f);
-                        let others: Vec<u64> = aud.iter().copied().filter(|s| s != sid).collect();
-                        self.send_many(&others, &push);
-                    }
-                    _ => self.send_many(&aud, &push),
+                let mut exclude = None;
+                if let ReplyTo::Session { sid, r#ref } = &reply {
+                    let f = Out::Conversation { r#ref: r#ref.as_deref(), conversation: &snap }.encode();
+                    self.send(*sid, &f);
+                    exclude = Some(*sid);
                 }
                 if let Some(c) = self.convs.get_mut(&conv) {
                     c.pushed_position = snap.queue_position;
                 }
+                let conversation = snap.clone();
+                self.publish(Effect::Conversation {
+                    conversation,
+                    customer: true,
+                    agents: true,
+                    also: also.clone(),
+                    exclude,
+                });
                 if let WriteOutcome::Appended { message, .. } = outcome {
-                    let f = Out::Message { message: &message }.encode();
-                    if message.hidden_from_customers() {
-                        let c = &self.convs[&conv];
-                        let customer: HashSet<u64> =
-                            self.customers.get(&c.customer.id).map(|c| c.sessions.clone()).unwrap_or_default();
-                        aud.retain(|s| !customer.contains(s));
-                    }
-                    self.send_many(&aud, &f);
+                    self.publish(Effect::Message { message: message.clone(), also, exclude: None });
                     let kind = match message.event.as_ref().and_then(|e| e["name"].as_str()) {
                         Some("assigned") => Some("conversation.assigned"),
                         Some("closed") => Some("conversation.closed"),
@@ -863,11 +809,14 @@ impl ChatServer {
             }
             (Pending::Rate { reply, conv }, res) => match res {
                 Ok(WriteOutcome::Appended { message, .. }) => {
+                    if let Some(c) = self.convs.get_mut(&conv) {
+                        c.last_seq = c.last_seq.max(message.seq);
+                    }
                     if let ReplyTo::Session { sid, r#ref } = reply {
                         let f = protocol::ack(r#ref.as_deref());
                         self.send(sid, &f);
                     }
-                    self.deliver(&message, None);
+                    self.publish(Effect::Message { message: message.clone(), also: None, exclude: None });
                     if self.webhooks.wants("conversation.rated") {
                         let snap = self.snapshot(&conv);
                         self.webhooks
@@ -885,10 +834,7 @@ impl ChatServer {
                 }
             },
             (Pending::Read { conv, from, seq }, Ok(_)) => {
-                let Some(c) = self.convs.get(&conv) else { return };
-                let aud = self.audience(c, true);
-                let f = Out::Read { conversation: &conv, from: &from, seq }.encode();
-                self.send_many(&aud, &f);
+                self.publish(Effect::Read { conversation: conv, from, seq });
             }
             (Pending::Read { .. }, Err(e)) => log::warn!("read marker not stored: {e}"),
             (Pending::Contact { reply, conv, email }, res) => match res {
@@ -900,28 +846,20 @@ impl ChatServer {
                         let f = protocol::ack(r#ref.as_deref());
                         self.send(*sid, &f);
                     }
-                    if let Some(snap) = self.snapshot(&conv) {
-                        let aud = self.audience(&self.convs[&conv], false);
-                        let f = Out::Conversation { r#ref: None, conversation: &snap }.encode();
-                        self.send_many(&aud, &f);
+                    if let Some(conversation) = self.snapshot(&conv) {
+                        let e = Effect::Conversation {
+                            conversation,
+                            customer: false,
+                            agents: true,
+                            also: None,
+                            exclude: None,
+                        };
+                        self.publish(e);
                     }
                 }
                 Err(e) => self.reply_error(reply, e.into()),
             },
         }
-    }
-
-    /// Fans a committed message out to its conversation's audience: one
-    /// serialization, shared by every recipient. Notes never reach customers.
-    fn deliver(&mut self, m: &Message, exclude: Option<u64>) {
-        let Some(conv) = self.convs.get_mut(&m.conversation) else { return };
-        conv.last_seq = conv.last_seq.max(m.seq);
-        let mut aud = self.audience(&self.convs[&m.conversation], !m.hidden_from_customers());
-        if let Some(x) = exclude {
-            aud.retain(|s| *s != x);
-        }
-        let f = Out::Message { message: m }.encode();
-        self.send_many(&aud, &f);
     }
 
     // ------------------------------------------------------------ sessions
@@ -971,10 +909,8 @@ impl ChatServer {
             None => false,
         };
         if gone {
-            if let Some(a) = self.agents.get(agent_id) {
-                let f = Out::Presence(&a.presence(room, false)).encode();
-                let sids: Vec<u64> = r.sessions.iter().copied().collect();
-                self.send_many(&sids, &f);
+            if let Some(presence) = self.agents.get(agent_id).map(|a| a.presence(room, false)) {
+                self.publish(Effect::Presence { presence, exclude: None });
             }
         }
     }
@@ -1194,11 +1130,9 @@ impl ChatServer {
                 Ok(())
             }
             Request::Typing(t) => {
-                let (conv, _) = self.conv_for(&who, &t.conversation)?;
-                let mut aud = self.audience(conv, true);
-                aud.retain(|s| *s != sid);
-                let f = Out::Typing { conversation: &t.conversation, from: &who.user, on: t.on }.encode();
-                self.send_many(&aud, &f);
+                self.conv_for(&who, &t.conversation)?;
+                let e = Effect::Typing { conversation: t.conversation, from: who.user, on: t.on, exclude: who.sid };
+                self.publish(e);
                 Ok(())
             }
             Request::Read(r) => {
@@ -1497,12 +1431,10 @@ impl ChatServer {
         agents.sort_by(|a, b| a.agent.name.cmp(&b.agent.name));
         let f =
             Out::Room { r#ref: r#ref.as_deref(), room: &room, queue: &queue, queue_total, agents: &agents }.encode();
-        let others: Vec<u64> = r.sessions.iter().copied().filter(|s| *s != sid).collect();
         self.send(sid, &f);
         if newly_present {
-            if let Some(a) = self.agents.get(&who.user.id) {
-                let p = Out::Presence(&a.presence(&room, true)).encode();
-                self.send_many(&others, &p);
+            if let Some(presence) = self.agents.get(&who.user.id).map(|a| a.presence(&room, true)) {
+                self.publish(Effect::Presence { presence, exclude: Some(sid) });
             }
         }
         self.assign_rooms.insert(room);

@@ -70,7 +70,13 @@ impl Server {
 
     /// Start on an existing data dir (e.g. after `kill9`).
     pub fn start_in(dir: &DataDir, args: &[&str]) -> Server {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    /// Start with extra environment variables.
+    pub fn start_with_env(dir: &DataDir, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(dir.path()).args(args);
         for (flag, value) in DEFAULT_FLAGS {
             if !args.contains(flag) {
