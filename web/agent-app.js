@@ -5,9 +5,13 @@
 //
 // What this tab was doing is kept per agent so that it outlives the session that did
 // it: rooms joined (localStorage), and in sessionStorage the availability, the
-// conversation selected, unsent messages (the outbox) and, when the server ends the
-// session (close 4501: token expired, password changed, account removed), the text
-// being typed. Signing in again resumes all of it; only an explicit sign-out forgets it.
+// conversation selected, the agent's conversations that closed (with their ratings),
+// unsent messages (the outbox) and, when the server ends the session (close 4501:
+// token expired, password changed, account removed), the text being typed. Signing in
+// again resumes all of it; only an explicit sign-out forgets it.
+//
+// The server's rooms (welcome.rooms: name, manual) feed the join suggestions and the
+// transfer targets; the unread count is also shown in the tab's title.
 
 import { ChatClient, wsUrlFor } from './client.js';
 import { t } from './i18n.js';
@@ -40,8 +44,11 @@ export class AgentApp {
     this.availKey = `availability:${agentKey}`;
     this.selectedKey = `selected:${agentKey}`;
     this.draftKey = `draft:${agentKey}`;
+    this.closedKey = `closed:${agentKey}`;
+    this.baseTitle = document.title;
     this.joined = this.local.get(this.roomsKey, null) ?? ['support'];
     this.knownRooms = new Set([...(this.local.get('known-rooms', []) || []), 'support', ...this.joined]);
+    this.serverRooms = null; // name -> {name, manual, online}, from welcome.rooms (null: the server did not say)
     this.availability = this.sess.get(this.availKey) === 'away' ? 'away' : 'online';
     this.convs = new Map(); // id -> Conversation
     this.mine = new Set(); // ids assigned to me and active
@@ -50,6 +57,14 @@ export class AgentApp {
     this.peerRead = new Map(); // id -> the customer's read seq
     this.lastActivity = new Map(); // id -> ts of the latest message
     this.initialSynced = new Set();
+    this.ratings = new Map(); // id -> {score, comment}, from the rated events
+    this.closed = new Map(); // id -> Conversation: my conversations that closed, oldest first
+    for (const e of this.sess.get(this.closedKey, []) || []) {
+      if (!e?.conv?.id) continue;
+      this.closed.set(e.conv.id, e.conv);
+      this.convs.set(e.conv.id, e.conv);
+      if (e.rating) this.ratings.set(e.conv.id, e.rating);
+    }
     this.selected = null;
     for (const r of this.joined) this.#room(r);
 
@@ -91,6 +106,7 @@ export class AgentApp {
     this.roomsView.destroy();
     document.getElementById('layout').classList.remove('layout--conv');
     document.getElementById('app').hidden = true;
+    document.title = this.baseTitle;
   }
 
   /** Reopen the conversation this tab had selected (and the text typed in it) before a reload or a sign-in. */
@@ -149,7 +165,10 @@ export class AgentApp {
 
   #wire() {
     const c = this.client;
-    c.on('state', () => this.topbar.render());
+    c.on('state', () => {
+      this.topbar.render();
+      this.roomsView.render();
+    });
     c.on('welcome', (w) => this.#onWelcome(w));
     // The server ended this session (token expired, password changed, account removed):
     // back to the login form with the reason, keeping this tab's work for the next sign-in.
@@ -182,6 +201,13 @@ export class AgentApp {
 
   async #onWelcome(w) {
     this.me = w.user;
+    if (Array.isArray(w.rooms)) {
+      this.serverRooms = new Map(w.rooms.filter((r) => r && typeof r.name === 'string').map((r) => [r.name, r]));
+      this.knownRooms = new Set(this.serverRooms.keys());
+      this.local.set('known-rooms', [...this.knownRooms]);
+      this.roomsView.render();
+      this.view.refreshTargets();
+    }
     this.topbar.render();
     // Rebuild "mine" from the server's view: assignments may have moved while we were away.
     const ids = new Set();
@@ -217,9 +243,24 @@ export class AgentApp {
   #onConversation(conv) {
     const prev = this.convs.get(conv.id);
     this.convs.set(conv.id, conv);
-    // Queues of joined rooms.
-    for (const r of this.rooms.values()) r.queue.delete(conv.id);
-    if (conv.status === 'queued' && this.rooms.has(conv.room)) this.#room(conv.room).queue.set(conv.id, conv);
+    // Queues of joined rooms. Once pushes come, the queue positions they carry give the
+    // length of a queue longer than the join reply listed (queue_total).
+    for (const r of this.rooms.values()) {
+      if (r.queue.delete(conv.id)) r.queueTotal = null;
+    }
+    if (conv.status === 'queued' && this.rooms.has(conv.room)) {
+      const r = this.#room(conv.room);
+      r.queue.set(conv.id, conv);
+      r.queueTotal = null;
+    }
+    // My conversations that closed stay listed, apart, with their rating.
+    if (conv.status === 'closed' && this.me && conv.agent?.id === this.me.id && (this.mine.has(conv.id) || this.closed.has(conv.id) || conv.id === this.selected)) {
+      this.closed.delete(conv.id);
+      this.closed.set(conv.id, conv);
+      this.#saveClosed();
+    } else if (conv.status !== 'closed' && this.closed.delete(conv.id)) {
+      this.#saveClosed();
+    }
     // My assignments.
     const wasMine = this.mine.has(conv.id);
     const isMine = this.#isMine(conv);
@@ -244,7 +285,12 @@ export class AgentApp {
     const me = this.client.user?.id;
     let count = 0;
     let last = null;
+    let rated = false;
     for (const m of messages) {
+      if (m.kind === 'event' && m.event?.name === 'rated' && typeof m.event.score === 'number') {
+        this.ratings.set(conversation, { score: m.event.score, comment: typeof m.event.comment === 'string' ? m.event.comment : '' });
+        rated = true;
+      }
       if (!this.lastActivity.has(conversation) || m.ts > this.lastActivity.get(conversation)) this.lastActivity.set(conversation, m.ts);
       if (m.from?.id !== me && m.kind === 'text' && m.from?.role === 'customer') {
         count++;
@@ -260,11 +306,32 @@ export class AgentApp {
       const name = last.from?.name || t('agent.customer');
       alertAgent(t('agent.new_message', { name }), last.body.slice(0, 140), { tag: conversation, onClick: () => this.select(conversation) });
     }
+    if (rated && this.closed.has(conversation)) this.#saveClosed();
     if (conversation === this.selected) {
       this.view.messages(messages);
       this.#readSelected();
     }
-    if (this.mine.has(conversation)) this.listView.render();
+    if (this.mine.has(conversation) || this.closed.has(conversation)) this.listView.render();
+    else this.paintTitle();
+  }
+
+  #saveClosed() {
+    while (this.closed.size > 20) this.closed.delete(this.closed.keys().next().value);
+    this.sess.set(this.closedKey, [...this.closed.values()].map((conv) => ({ conv, rating: this.ratings.get(conv.id) || null })));
+  }
+
+  /** Unread customer messages in my conversations (and the one looked at). */
+  unreadTotal() {
+    let n = 0;
+    for (const [id, k] of this.unread) if (k > 0 && (this.mine.has(id) || id === this.selected)) n += k;
+    return n;
+  }
+
+  /** "(3) Parley — agent console" while there is something unread. */
+  paintTitle() {
+    const n = this.unreadTotal();
+    const title = n > 0 ? `(${n}) ${this.baseTitle}` : this.baseTitle;
+    if (document.title !== title) document.title = title;
   }
 
   #onPresence(p) {
@@ -295,6 +362,7 @@ export class AgentApp {
     const res = await this.client.request({ type: 'join', room: name });
     const r = this.#room(res.room || name);
     r.queue = new Map((res.queue || []).map((c) => [c.id, c]));
+    r.queueTotal = typeof res.queue_total === 'number' ? res.queue_total : null;
     for (const c of res.queue || []) this.convs.set(c.id, c);
     r.agents = new Map((res.agents || []).filter((p) => p.availability !== 'offline').map((p) => [p.agent.id, p]));
     r.loaded = true;
@@ -311,6 +379,20 @@ export class AgentApp {
     this.local.set(this.roomsKey, this.joined);
     this.local.set('known-rooms', [...this.knownRooms]);
     this.roomsView.render();
+    this.view.refreshTargets();
+  }
+
+  /** The queue's length: the join reply's queue_total until pushes tell more. */
+  queueCount(r) {
+    let n = Math.max(r.queue.size, r.queueTotal || 0);
+    for (const c of r.queue.values()) if (typeof c.queue_position === 'number' && c.queue_position > n) n = c.queue_position;
+    return n;
+  }
+
+  /** The server's rooms (or, from an older server, the rooms this browser has seen), with whether agents accept by hand. */
+  roomList() {
+    const names = this.serverRooms ? [...this.serverRooms.keys()] : [...new Set([...this.knownRooms, ...this.joined])];
+    return names.sort().map((name) => ({ name, manual: !!this.serverRooms?.get(name)?.manual }));
   }
 
   async leave(name) {
@@ -386,8 +468,7 @@ export class AgentApp {
         if (p.agent.id !== this.me?.id && p.availability === 'online') agents.set(p.agent.id, p.agent);
       }
     }
-    const rooms = [...new Set([...this.knownRooms, ...this.joined])].sort();
-    return { agents: [...agents.values()].sort((a, b) => a.name.localeCompare(b.name)), rooms };
+    return { agents: [...agents.values()].sort((a, b) => a.name.localeCompare(b.name)), rooms: this.roomList() };
   }
 
   /**
@@ -408,6 +489,7 @@ export class AgentApp {
       this.sess.remove(this.availKey);
       this.sess.remove(this.selectedKey);
       this.sess.remove(this.draftKey);
+      this.sess.remove(this.closedKey);
       this.sess.remove('availability'); // the key before it was kept per agent
       this.client.outbox.clear();
     }

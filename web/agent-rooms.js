@@ -1,5 +1,6 @@
-// Rooms in the console sidebar: join by name, leave, and per room the live queue
-// (with waiting times ticking) and the agents present with availability and load.
+// Rooms in the console sidebar: join by name (suggesting the server's rooms), leave,
+// and per room the live queue (with waiting times ticking) and the agents present
+// with availability and load. Rooms where agents accept by hand are marked.
 
 import { h, setText } from './dom.js';
 import { t, duration, errorText } from './i18n.js';
@@ -39,7 +40,12 @@ export class RoomsView {
 
   render() {
     const app = this.app;
-    this.datalist.replaceChildren(...[...app.knownRooms].filter((r) => !app.joined.includes(r)).map((r) => h('option', { value: r })));
+    this.datalist.replaceChildren(
+      ...app
+        .roomList()
+        .filter((r) => !app.joined.includes(r.name))
+        .map((r) => h('option', { value: r.name, label: r.manual ? t('agent.room_suggestion_manual', { room: r.name }) : r.name })),
+    );
     const sections = app.joined.map((name) => this.#room(app.rooms.get(name) || { name, queue: new Map(), agents: new Map(), loaded: false }));
     // Keep keyboard focus where it was across re-renders.
     const focused = this.root.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
@@ -58,6 +64,10 @@ export class RoomsView {
     const queueList = queue.length
       ? h('ul', { class: 'queue', testid: 'queue' }, queue.map((c) => this.#queueItem(c)))
       : h('p', { class: 'muted small', testid: 'queue-empty' }, r.loaded ? t('agent.queue_empty') : t('agent.loading'));
+    // The join reply lists the first 100 of a longer queue.
+    const total = r.queue ? app.queueCount(r) : queue.length;
+    const more = total > queue.length ? h('p', { class: 'queue-more muted small', testid: 'queue-more' }, t('agent.queue_more', { n: total - queue.length })) : null;
+    const manual = !!app.serverRooms?.get(r.name)?.manual;
     const agents = [...r.agents.values()].sort((a, b) => a.agent.name.localeCompare(b.agent.name));
     return h(
       'section',
@@ -66,11 +76,13 @@ export class RoomsView {
         'header',
         { class: 'room-head' },
         h('h3', { class: 'room-name' }, `# ${r.name}`),
-        h('span', { class: ['pill', queue.length && 'pill-warn'], testid: 'room-queue-count' }, String(queue.length)),
+        manual ? h('span', { class: 'room-tag', testid: 'room-manual', title: t('agent.room_manual_title') }, t('agent.room_manual')) : null,
+        h('span', { class: ['pill', total && 'pill-warn'], testid: 'room-queue-count' }, String(total)),
         leave,
       ),
       h('h4', { class: 'sub-title' }, t('agent.queue')),
       queueList,
+      more,
       h('h4', { class: 'sub-title' }, t('agent.agents')),
       h('ul', { class: 'agents', testid: 'agents' }, agents.map((p) => this.#agent(p))),
     );
@@ -107,13 +119,15 @@ export class RoomsView {
 
   #agent(p) {
     const me = p.agent.id === this.app.me?.id;
+    // Whatever the last presence said, this agent is not reachable while the console is disconnected.
+    const availability = me && this.app.client.state !== 'online' ? 'offline' : p.availability;
     return h(
       'li',
-      { class: 'agent-item', testid: 'agent-item', dataset: { agent: p.agent.id, availability: p.availability } },
-      h('span', { class: ['dot', `dot-${p.availability}`], aria: { hidden: 'true' } }),
+      { class: 'agent-item', testid: 'agent-item', dataset: { agent: p.agent.id, availability } },
+      h('span', { class: ['dot', `dot-${availability}`], aria: { hidden: 'true' } }),
       h('span', { class: 'agent-name' }, p.agent.name, me ? h('span', { class: 'muted' }, ` (${t('chat.you')})`) : null),
-      h('span', { class: 'visually-hidden' }, t(`agent.${p.availability}`)),
-      h('span', { class: 'agent-load muted small', testid: 'agent-load', title: t(`agent.${p.availability}`) }, t('agent.load', { active: p.active ?? 0, max: p.max ?? '?' })),
+      h('span', { class: 'visually-hidden' }, t(`agent.${availability}`)),
+      h('span', { class: 'agent-load muted small', testid: 'agent-load', title: t(`agent.${availability}`) }, t('agent.load', { active: p.active ?? 0, max: p.max ?? '?' })),
     );
   }
 

@@ -1,5 +1,7 @@
 // The console's top bar: connection state, own availability toggle (online/away),
-// desktop notifications switch, who is signed in, sign out.
+// desktop notifications switch, who is signed in, sign out. Availability and the
+// connection are shown apart: the availability toggle is never a green "Online" while
+// the console is not connected (customers cannot reach an agent then).
 
 import { setText } from './dom.js';
 import { t } from './i18n.js';
@@ -28,13 +30,19 @@ export class TopBar {
 
   render() {
     const app = this.app;
+    const s = app.client.state;
+    const connected = s === 'online';
     const online = app.availability === 'online';
+    const chosen = online ? t('agent.online') : t('agent.away');
     this.avail.setAttribute('aria-pressed', String(online));
     this.avail.dataset.availability = app.availability;
-    setText(this.avail, online ? t('agent.online') : t('agent.away'));
-    this.avail.setAttribute('aria-label', `${t('agent.availability')}: ${online ? t('agent.online') : t('agent.away')}`);
+    this.avail.dataset.connected = String(connected);
+    // While disconnected nobody can reach this agent, whatever was chosen: say "Offline" and
+    // keep the choice for when the connection is back (the toggle waits until then).
+    this.avail.disabled = !connected;
+    setText(this.avail, connected ? chosen : t('agent.offline'));
+    this.avail.setAttribute('aria-label', connected ? `${t('agent.availability')}: ${chosen}` : t('agent.avail_disconnected', { availability: chosen }));
     setText(this.me, app.me?.name || '');
-    const s = app.client.state;
     if (s === 'online') this.everOnline = true;
     const text =
       s === 'online' ? '' : s === 'offline' || (s === 'connecting' && this.everOnline) ? t('chat.offline') : s === 'connecting' ? t('chat.connecting') : s === 'stopped' ? t('chat.stopped') : '';

@@ -1,6 +1,8 @@
 // The console's conversation view: history (synced page by page), live messages,
 // internal notes shown apart, the customer's typing and read receipts, and the
-// accept / transfer / close actions.
+// accept / transfer / close actions. The header also shows the email address a
+// customer left (for a reply by mail) and the customer's rating; a closed chat's
+// message box says that it is closed.
 
 import { h, setChildren, setText } from './dom.js';
 import { t, errorText } from './i18n.js';
@@ -21,6 +23,9 @@ export class ConvView {
     const app = this.app;
     this.title = h('h2', { class: 'conv-title', testid: 'conv-title' });
     this.status = h('p', { class: 'conv-status muted small', testid: 'conv-status' });
+    this.contactLink = h('a', { testid: 'conv-contact-email' });
+    this.contact = h('p', { class: 'conv-contact', testid: 'conv-contact', hidden: true }, `${t('agent.contact_email')}: `, this.contactLink);
+    this.ratingEl = h('p', { class: 'conv-rating', testid: 'conv-rating', hidden: true });
     const back = h('button', { type: 'button', class: 'icon-btn conv-back', testid: 'conv-back', aria: { label: t('agent.back') } }, backIcon('icon'));
     back.addEventListener('click', () => app.select(null));
 
@@ -51,7 +56,7 @@ export class ConvView {
       'header',
       { class: 'conv-head' },
       back,
-      h('div', { class: 'conv-head-text' }, this.title, this.status),
+      h('div', { class: 'conv-head-text' }, this.title, this.status, this.contact, this.ratingEl),
       h('div', { class: 'conv-actions' }, this.acceptBtn, this.transferBox, this.closeBtn),
     );
 
@@ -59,6 +64,9 @@ export class ConvView {
     this.typingLine = new TypingIndicator('conv-typing', 'agent');
     this.loading = h('p', { class: 'muted small center', testid: 'conv-loading' }, t('agent.loading'));
     this.scroller = h('div', { class: 'conv-scroll', testid: 'conv-scroll' }, this.loading, this.list.el, this.typingLine.el);
+    // Follow the conversation while the view is at its end (judged before new content comes).
+    this.stick = true;
+    this.scroller.addEventListener('scroll', () => (this.stick = this.#nearEnd()), { passive: true });
     this.noticeEl = h('div', { class: 'conv-notice', testid: 'conv-notice', role: 'alert', hidden: true });
 
     this.internal = h('input', { type: 'checkbox', id: 'conv-internal', testid: 'conv-internal' });
@@ -80,14 +88,15 @@ export class ConvView {
       extra: noteToggle,
     });
 
-    this.el = h('section', { class: 'conv', testid: 'conv-view', hidden: true }, head, this.scroller, this.noticeEl, this.composer.el);
+    this.closedNote = h('p', { class: 'conv-closed-note', testid: 'conv-closed-note', role: 'status', hidden: true }, t('agent.closed_note'));
+    this.el = h('section', { class: 'conv', testid: 'conv-view', hidden: true }, head, this.scroller, this.noticeEl, this.closedNote, this.composer.el);
     this.main.append(this.el);
   }
 
   #paintNoteMode() {
     const note = this.internal.checked;
     this.composer.el.classList.toggle('composer--note', note);
-    this.composer.input.placeholder = note ? t('agent.note_placeholder') : t('chat.input_placeholder');
+    this.composer.input.placeholder = this.closed ? t('agent.closed_placeholder') : note ? t('agent.note_placeholder') : t('chat.input_placeholder');
   }
 
   async #act(fn, btn) {
@@ -211,13 +220,15 @@ export class ConvView {
     if (!sticky) this.noticeTimer = setTimeout(() => (this.noticeEl.hidden = true), 6000);
   }
 
-  /** Fill the transfer select with online agents and rooms. */
+  /** Fill the transfer select with online agents and the server's rooms (manual ones marked). */
   refreshTargets() {
     const { agents, rooms } = this.app.transferTargets();
     const prev = this.transferSelect.value;
     const opts = [h('option', { value: '' }, `${t('agent.transfer_to')}…`)];
     for (const a of agents) opts.push(h('option', { value: `agent:${a.id}` }, t('agent.transfer_agent', { name: a.name })));
-    for (const r of rooms) opts.push(h('option', { value: `room:${r}` }, t('agent.transfer_room', { room: r })));
+    for (const r of rooms) {
+      opts.push(h('option', { value: `room:${r.name}` }, r.manual ? t('agent.transfer_room_manual', { room: r.name }) : t('agent.transfer_room', { room: r.name })));
+    }
     this.transferSelect.replaceChildren(...opts);
     if ([...this.transferSelect.options].some((o) => o.value === prev)) this.transferSelect.value = prev;
   }
@@ -230,6 +241,7 @@ export class ConvView {
       setText(this.title, '…');
       setText(this.status, '');
       this.acceptBtn.hidden = this.transferBox.hidden = this.closeBtn.hidden = true;
+      this.contact.hidden = this.ratingEl.hidden = this.closedNote.hidden = true;
       return;
     }
     const mineActive = conv.status === 'active' && conv.agent?.id === app.me?.id;
@@ -245,12 +257,46 @@ export class ConvView {
     this.acceptBtn.hidden = conv.status !== 'queued';
     this.transferBox.hidden = !mineActive;
     this.closeBtn.hidden = !mineActive;
-    this.composer.setDisabled(conv.status === 'closed');
+
+    // The address the customer left for a reply by mail.
+    const email = typeof conv.contact_email === 'string' ? conv.contact_email : '';
+    this.contact.hidden = !email;
+    if (email) {
+      setText(this.contactLink, email);
+      // Only characters that would start a query or fragment are escaped; the server checked the rest.
+      this.contactLink.setAttribute('href', `mailto:${email.replace(/[?#&%]/g, encodeURIComponent)}`);
+    }
+
+    // The customer's rating, with the comment.
+    const rating = app.ratings.get(this.id);
+    this.ratingEl.hidden = !rating;
+    if (rating) {
+      const stars = '★'.repeat(rating.score) + '☆'.repeat(Math.max(0, 5 - rating.score));
+      const parts = [h('span', { class: 'stars', aria: { hidden: 'true' } }, stars), t('agent.rating', { score: rating.score })];
+      if (rating.comment) parts.push(` · ${t('agent.rating_comment', { comment: rating.comment })}`);
+      setChildren(this.ratingEl, ...parts);
+    }
+
+    // A closed chat's message box says why it cannot be used.
+    const closed = conv.status === 'closed';
+    if (this.closed !== closed) {
+      this.closed = closed;
+      this.#paintNoteMode();
+    }
+    this.closedNote.hidden = !closed;
+    this.internal.disabled = closed;
+    this.composer.setDisabled(closed);
+  }
+
+  #nearEnd() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 160;
   }
 
   #scroll(force = false) {
+    if (force) this.stick = true;
+    if (!this.stick) return;
     const s = this.scroller;
-    const nearEnd = s.scrollHeight - s.scrollTop - s.clientHeight < 160;
-    if (force || nearEnd) requestAnimationFrame(() => (s.scrollTop = s.scrollHeight));
+    requestAnimationFrame(() => (s.scrollTop = s.scrollHeight));
   }
 }

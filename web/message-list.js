@@ -37,6 +37,7 @@ export function eventText(m, perspective = 'agent') {
     return t('event.transferred');
   }
   if (name === 'closed') {
+    if (ev.reason === 'abandoned') return perspective === 'customer' ? t('event.closed_abandoned_customer') : t('event.closed_abandoned');
     const by = ev.by || ev.closed_by;
     if (by && typeof by === 'object' && by.role === 'customer') {
       return perspective === 'customer' ? t('event.closed_by_you') : t('event.closed_by_customer');
@@ -45,7 +46,9 @@ export function eventText(m, perspective = 'agent') {
     return who ? t('event.closed_by', { name: who }) : t('event.closed');
   }
   if (name === 'rated') {
-    return typeof ev.score === 'number' ? t('event.rated', { score: ev.score }) : t('event.rated_plain');
+    if (typeof ev.score !== 'number') return t('event.rated_plain');
+    const comment = typeof ev.comment === 'string' ? ev.comment.trim() : '';
+    return comment ? t('event.rated_comment', { score: ev.score, comment }) : t('event.rated', { score: ev.score });
   }
   if (name === 'reopened') return t('event.reopened');
   return m.body || String(name || '');

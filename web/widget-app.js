@@ -1,6 +1,9 @@
 // The customer chat widget's logic: one conversation per room, from the intro
 // (optional name) to queue position, the agent, messages with pending/sent/seen,
-// typing, end of chat and rating. The DOM is widget-view.js; the connection,
+// typing, end of chat and rating. When nobody is online in the room (the server says
+// so in welcome.rooms and room_status) the customer is told, and may leave a message
+// and an email address. A site whose origin the server does not accept is told so
+// instead of reconnecting forever. The DOM is widget-view.js; the connection,
 // resume and outbox are client.js. What must survive a reload (resume token,
 // current conversation, panel open, the agent's read position, unsent messages)
 // is kept in localStorage, keyed by the Parley server's origin.
@@ -30,6 +33,9 @@ class Widget {
     this.client = null;
     this.pendingStart = false;
     this.everOnline = false;
+    this.blocked = null; // this page's origin, when the server refuses WebSockets from it
+    this.embedChecking = false;
+    this.roomOnline = new Map(); // room -> whether someone is online to answer there (server's word)
     this.unread = 0;
     this.peerRead = this.store.get('read', {}) || {};
     this.v = new WidgetView(BASE, {
@@ -43,6 +49,7 @@ class Widget {
         if (this.conv && this.conv.status !== 'closed' && this.client) this.client.typing(this.conv.id, on);
       },
       onRate: (score, comment) => this.#rate(score, comment),
+      onContact: (email) => this.#contact(email),
       maxChars: () => this.client?.limits.max_body_chars ?? 4000,
       me: () => this.client?.user?.id,
     });
@@ -62,6 +69,8 @@ class Widget {
   #setOpen(open) {
     this.v.setOpen(open, { chatting: !!this.conv && this.conv.status !== 'closed' });
     this.store.set(`open:${this.room}`, open || null);
+    // Connect when the panel opens, so that it can say at once whether anybody is online.
+    if (open && !this.client) this.#ensureClient(null);
     if (open) {
       this.unread = 0;
       this.v.setUnread(0);
@@ -83,11 +92,23 @@ class Widget {
     });
     this.client = c;
     const v = this.v;
-    c.on('token', (tok) => this.store.set('token', tok));
+    // A customer who only opened the panel is not worth remembering across pages yet.
+    c.on('token', (tok) => {
+      if (this.conv || this.pendingStart || this.store.get('token')) this.store.set('token', tok);
+    });
     c.on('welcome', (w) => this.#onWelcome(w));
     c.on('state', (s) => {
       if (s === 'online') this.everOnline = true;
-      v.paintConn(s, this.everOnline);
+      v.paintConn(s, this.everOnline, this.blocked);
+      this.#render();
+    });
+    // A refused WebSocket upgrade (HTTP 403) surfaces as close 1006, like an outage.
+    c.on('close', (ev) => {
+      if (!this.everOnline && ev?.code === 1006) this.#checkEmbed();
+    });
+    c.on('room_status', (ev) => {
+      if (typeof ev.room !== 'string') return;
+      this.roomOnline.set(ev.room, !!ev.online);
       this.#render();
     });
     c.on('unauthorized', (ev) => this.#onUnauthorized(ev?.reason));
@@ -149,7 +170,45 @@ class Widget {
     this.client.start();
   }
 
+  /**
+   * The WebSocket failed before any welcome. Browsers do not tell scripts why, so ask the
+   * server whether it accepts connections from this page's origin; if it does not, say so
+   * and stop reconnecting (retrying cannot help). If the server cannot be reached at all,
+   * it is an outage: keep reconnecting, and ask again after the next failure.
+   */
+  async #checkEmbed() {
+    if (this.embedChecking || this.blocked) return;
+    this.embedChecking = true;
+    let verdict = null;
+    try {
+      const res = await fetch(new URL('/api/embed-check', BASE.origin).href, { cache: 'no-store', credentials: 'omit' });
+      if (res.ok) verdict = await res.json();
+    } catch {
+      /* unreachable: an outage, not a refusal */
+    } finally {
+      this.embedChecking = false;
+    }
+    if (verdict?.allowed !== false || this.everOnline || !this.client) return;
+    this.blocked = String(verdict.origin || location.origin);
+    this.pendingStart = false;
+    this.client.stop();
+    this.v.paintConn(this.client.state, this.everOnline, this.blocked);
+    this.#render();
+  }
+
+  /** Nobody is online to answer in the room of the conversation shown (or of the widget). */
+  #away() {
+    return this.roomOnline.get(this.conv?.room || this.room) === false;
+  }
+
+  /** An agent joined this conversation at some point: only then is there something to rate. */
+  #served(conv) {
+    if (conv.agent) return true;
+    return this.client?.log(conv.id).messages().some((m) => m.kind === 'event' && (m.event?.name === 'assigned' || (m.event?.name === 'transferred' && m.event.to_agent))) || false;
+  }
+
   #onWelcome(w) {
+    for (const r of Array.isArray(w.rooms) ? w.rooms : []) if (r && typeof r.name === 'string') this.roomOnline.set(r.name, !!r.online);
     const all = w.conversations || [];
     const inRoom = all.filter((c) => c.room === this.room);
     const dismissed = this.store.get(`dismissed:${this.room}`, []) || [];
@@ -187,6 +246,7 @@ class Widget {
     const changed = !this.conv || this.conv.id !== conv.id;
     this.conv = conv;
     this.store.set(`conv:${this.room}`, conv);
+    if (this.client?.token) this.store.set('token', this.client.token);
     if (changed) {
       const { list, typing, rating } = this.v;
       list.clear();
@@ -214,6 +274,8 @@ class Widget {
   #onConversation(conv) {
     if (this.conv && conv.id === this.conv.id) {
       const wasClosed = this.conv.status === 'closed';
+      // Keep an address the customer left if this copy of the conversation does not carry it.
+      if (!conv.contact_email && this.conv.contact_email) conv = { ...conv, contact_email: this.conv.contact_email };
       this.conv = conv;
       this.store.set(`conv:${this.room}`, conv);
       if (conv.status === 'closed') this.v.typing.clear();
@@ -227,6 +289,7 @@ class Widget {
   #onMessages({ conversation, messages, live }) {
     if (conversation !== this.conv?.id) return;
     const me = this.client.user?.id;
+    if (messages.some((m) => m.kind === 'event')) this.#render(); // an assignment decides whether to offer a rating
     for (const m of messages) {
       this.v.list.upsert(m);
       if (m.kind === 'event' && m.event?.name === 'rated') this.#markRated(conversation);
@@ -262,6 +325,7 @@ class Widget {
   // ---- actions ----------------------------------------------------------------------
 
   #start(rawName) {
+    if (this.blocked) return;
     let name = String(rawName || '').trim();
     if (charCount(name) > MAX_NAME) name = [...name].slice(0, MAX_NAME).join('');
     this.store.set('name', name || null);
@@ -310,6 +374,18 @@ class Widget {
     this.#markRated(this.conv.id);
   }
 
+  /** Leave an email address with the waiting conversation (nobody online): `contact`. */
+  async #contact(email) {
+    const id = this.conv?.id;
+    if (!id || !this.client) return;
+    await this.client.request({ type: 'contact', conversation: id, email });
+    if (this.conv?.id === id) {
+      this.conv = { ...this.conv, contact_email: email };
+      this.store.set(`conv:${this.room}`, this.conv);
+    }
+    this.#render();
+  }
+
   #newChat() {
     if (this.conv) {
       const dismissed = (this.store.get(`dismissed:${this.room}`, []) || []).slice(-19);
@@ -322,7 +398,13 @@ class Widget {
 
   #render() {
     const s = this.client?.state;
-    const loading = !this.conv && !!this.client && !this.client.welcome && !!(this.store.get('token') || this.pendingStart) && s !== 'stopped' && s !== 'unauthorized';
-    this.v.render(this.conv, { loading });
+    const loading = !this.blocked && !this.conv && !!this.client && !this.client.welcome && !!(this.store.get('token') || this.pendingStart) && s !== 'stopped' && s !== 'unauthorized';
+    this.v.render(this.conv, {
+      loading,
+      away: !this.blocked && this.#away(),
+      served: this.conv?.status === 'closed' ? this.#served(this.conv) : true,
+      email: this.conv?.contact_email || null,
+      blocked: this.blocked,
+    });
   }
 }

@@ -65,3 +65,37 @@ test('widget embedded on another origin loads from its script URL and chats', as
   assert.ok(keys.includes(`parley:${new URL(suite.server.url).origin}:token`), keys.join(','));
   assert.deepEqual(page.errors, []);
 });
+
+test('widget embedded on an origin the server does not allow: says so plainly and stops reconnecting', async () => {
+  // Another site, whose origin is not in --allowed-origins.
+  const other = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(hostPage(suite.server.url));
+  });
+  await new Promise((r) => other.listen(0, '127.0.0.1', r));
+  const otherUrl = `http://127.0.0.1:${other.address().port}`;
+  try {
+    const page = await newPage(suite.browser);
+    const sockets = [];
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    await page.goto(otherUrl);
+    await page.getByTestId('widget-bubble').click();
+    const banner = page.getByTestId('widget-conn');
+    await banner.filter({ hasText: `Chat cannot connect from this site (${otherUrl})` }).waitFor();
+    assert.equal(await banner.getAttribute('data-state'), 'blocked');
+    assert.doesNotMatch(await banner.textContent(), /Reconnecting/);
+    assert.equal(await page.getByTestId('widget-start').isDisabled(), true, 'nothing to start');
+    assert.equal(await page.getByTestId('widget-status').textContent(), 'Chat is not available here');
+
+    // No more connection attempts (the backoff would have tried again within these seconds).
+    const tried = sockets.length;
+    assert.ok(tried >= 1);
+    await page.waitForTimeout(3000);
+    assert.equal(sockets.length, tried, 'the widget stopped reconnecting');
+    assert.doesNotMatch(await banner.textContent(), /Reconnecting/);
+    assert.deepEqual(page.errors, []);
+    await page.context().close();
+  } finally {
+    await new Promise((r) => other.close(r));
+  }
+});

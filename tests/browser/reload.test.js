@@ -115,3 +115,47 @@ test('a long history is paged in with sync, in order, on both sides', async () =
   assert.deepEqual(agent.errors, []);
   assert.deepEqual(customer.errors, []);
 });
+
+test('after a reload the open widget shows the newest messages, scrolled to the bottom', async () => {
+  const agent = await openConsole(suite, 'eve', 'pw-eve-123');
+  const customer = await openAssignedChat(suite, { name: 'Rosa', agent: 'eve' });
+  await customerSend(customer, 'a question with a long answer');
+  await openConversation(agent, 'Rosa');
+  await consoleMessage(agent, 'a question with a long answer').waitFor();
+  for (let i = 1; i <= 30; i++) await agentSend(agent, `answer line ${i}`);
+  await widgetMessage(customer, 'answer line 30').waitFor();
+
+  await waitAtBottom(customer, 'widget-scroll', 'the widget follows the conversation while it is open');
+
+  await customer.reload();
+  await widgetMessage(customer, 'answer line 30').waitFor();
+  await customer.waitForTimeout(300); // let any late scrolling happen
+  await waitAtBottom(customer, 'widget-scroll', 'after a reload the widget shows the newest messages');
+  assert.ok(await widgetMessage(customer, 'answer line 30').isVisible());
+
+  // The console too, after a reload with the conversation selected.
+  await agent.reload();
+  await consoleMessage(agent, 'answer line 30').waitFor();
+  await agent.waitForTimeout(300);
+  await waitAtBottom(agent, 'conv-scroll', 'after a reload the console shows the newest messages');
+  assertNoErrorsOrViolations([agent, customer]);
+  await agent.context().close();
+  await customer.context().close();
+});
+
+/** Wait (briefly) until the scroller with that testid, in the page or the widget's shadow root, overflows and is scrolled to its end. */
+async function waitAtBottom(page, testid, what) {
+  try {
+    await page.waitForFunction(
+      (testid) => {
+        const find = (root) => root.querySelector(`[data-testid="${testid}"]`) || [...root.querySelectorAll('*')].map((e) => e.shadowRoot && find(e.shadowRoot)).find(Boolean);
+        const s = find(document);
+        return s && s.scrollHeight > s.clientHeight + 200 && s.scrollHeight - s.scrollTop - s.clientHeight < 4;
+      },
+      testid,
+      { timeout: 3000 },
+    );
+  } catch {
+    assert.fail(`${what}: not scrolled to the bottom`);
+  }
+}

@@ -14,7 +14,7 @@ const suite = parleySuite({
   serverArgs: ['--max-body-chars', '20', '--rate-per-sec', '1', '--rate-burst', '3'],
 });
 
-test('widget in Chinese at 375 px: full-screen panel, counter in Unicode scalar values, Shift+Enter', async () => {
+test('widget in Chinese at 375 px: full-screen panel, nobody online, counter in Unicode scalar values, Shift+Enter', async () => {
   const page = await newPage(suite.browser, { locale: 'zh-CN', viewport: PHONE });
   await page.goto(`${suite.server.url}/`);
   const bubble = page.getByTestId('widget-bubble');
@@ -26,7 +26,9 @@ test('widget in Chinese at 375 px: full-screen panel, counter in Unicode scalar 
   assert.equal(await page.getByTestId('widget-start').textContent(), '开始聊天');
   await page.getByTestId('widget-name-input').fill('小王 🐼');
   await page.getByTestId('widget-start').press('Enter');
-  await waitWidgetStatus(page, '下一位就是您');
+  // Nobody is online yet: said plainly, with the offer to leave an email address.
+  await waitWidgetStatus(page, '目前没有客服在线');
+  await page.getByTestId('widget-contact').getByText('您的邮箱（可选）').waitFor();
 
   // The counter shows near the limit and counts emoji and CJK as one each.
   const input = page.getByTestId('widget-input');

@@ -87,6 +87,16 @@ test('XSS payloads as names and messages show as plain text and run nothing', as
     .filter({ has: agent.getByTestId('message-body').getByText(PAYLOADS[1], { exact: true }) })
     .waitFor();
 
+  // A rating comment full of markup: shown as text in the event line and the header.
+  await customer.getByTestId('widget-close').click();
+  await customer.getByTestId('widget-close-confirm').click();
+  await customer.getByTestId('widget-star-label-3').click();
+  await customer.getByTestId('widget-rating-comment').fill(PAYLOADS[0]);
+  await customer.getByTestId('widget-rating-submit').click();
+  await customer.getByTestId('widget-rating-thanks').waitFor();
+  await agent.getByTestId('conv-rating').filter({ hasText: PAYLOADS[0] }).waitFor();
+  await agent.getByTestId('conv-messages').locator('[data-event="rated"]').filter({ hasText: PAYLOADS[0] }).waitFor();
+
   // A second agent sees the first one's name in the room's agent list.
   const plain = await openConsole(suite, 'plain', 'pw-plain-123', { page: { bypassCSP: true } });
   await plain.locator('[data-testid="room"][data-room="support"] [data-testid="agent-item"] .agent-name').getByText(AGENT_NAME).waitFor();
