@@ -285,6 +285,7 @@ async fn silent_client_is_closed_after_three_heartbeats() {
         }
     };
     let elapsed = t0.elapsed();
+    assert_eq!(end, "close Some(4000)", "a silent client is closed with 4000 (reconnect and sync)");
     assert!(pings >= 1, "server sent no ping before closing ({end})");
     assert!(elapsed >= Duration::from_millis(700), "closed after {elapsed:?} ({end}), before 3 × 300 ms of silence");
     assert!(elapsed <= Duration::from_millis(3000), "closed only after {elapsed:?} ({end})");

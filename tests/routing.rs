@@ -13,16 +13,6 @@ use serde_json::{json, Value};
 const ANN: (&str, &str, u32) = ("ann", "pw-ann-1", 5);
 const BOB: (&str, &str, u32) = ("bob", "pw-bob-1", 5);
 
-/// The Presence in a `presence` frame: PROTOCOL §6 lists its fields as
-/// "Presence", so accept it flattened into the frame or nested as `presence`.
-fn presence_of(f: &Value) -> &Value {
-    if f["presence"].is_object() {
-        &f["presence"]
-    } else {
-        f
-    }
-}
-
 /// Open in `room` and wait until the conversation is active; returns the agent id.
 async fn open_and_wait_assigned(c: &mut Client, room: &str) -> (String, String) {
     let active = c.open_assigned(room).await;
@@ -381,11 +371,10 @@ async fn agents_in_a_room_get_presence_on_join_load_and_status_changes() {
 
     let mut ann = Client::agent(&srv, ANN.0, ANN.1).await;
     let ann_id = ann.id();
-    let about_ann = |f: &Value| f["type"] == "presence" && presence_of(f)["agent"]["id"] == ann_id.as_str();
+    let about_ann = |f: &Value| f["type"] == "presence" && f["agent"]["id"] == ann_id.as_str();
     ann.join("support").await;
-    let p =
-        bob.recv_until("presence: ann online", |f| about_ann(f) && presence_of(f)["availability"] == "online").await;
-    let p = presence_of(&p);
+    let p = bob.recv_until("presence: ann online", |f| about_ann(f) && f["availability"] == "online").await;
+
     assert_eq!(p["room"], "support", "{p}");
     assert_eq!(p["active"].as_u64(), Some(0), "{p}");
     assert_eq!(p["max"].as_u64(), Some(5), "{p}");
@@ -394,11 +383,11 @@ async fn agents_in_a_room_get_presence_on_join_load_and_status_changes() {
     let mut cust = Client::customer(&srv, "Cy").await;
     let (_, assignee) = open_and_wait_assigned(&mut cust, "support").await;
     assert_eq!(assignee, ann_id);
-    bob.recv_until("presence: ann active 1", |f| about_ann(f) && presence_of(f)["active"].as_u64() == Some(1)).await;
+    bob.recv_until("presence: ann active 1", |f| about_ann(f) && f["active"].as_u64() == Some(1)).await;
 
     ann.call(json!({"type":"status","availability":"away"}), "ack").await;
-    let p = bob.recv_until("presence: ann away", |f| about_ann(f) && presence_of(f)["availability"] == "away").await;
-    assert_eq!(presence_of(&p)["active"].as_u64(), Some(1), "{p}");
+    let p = bob.recv_until("presence: ann away", |f| about_ann(f) && f["availability"] == "away").await;
+    assert_eq!(p["active"].as_u64(), Some(1), "{p}");
 }
 
 // ---------------------------------------------------------------- what a new user hit

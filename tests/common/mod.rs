@@ -244,13 +244,9 @@ pub async fn post_json(srv: &Server, path: &str, token: Option<&str>, body: &Val
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// PROTOCOL §9 calls the reply a "Conversation list": accept a bare array or
-/// an object holding it under `conversations`.
+/// PROTOCOL §9's "Conversation list": a JSON array of Conversations.
 pub fn conversation_list(body: &Value) -> Vec<Value> {
-    if let Some(list) = body.as_array() {
-        return list.clone();
-    }
-    body["conversations"].as_array().unwrap_or_else(|| panic!("not a conversation list: {body}")).clone()
+    body.as_array().unwrap_or_else(|| panic!("not a conversation list (a JSON array): {body}")).clone()
 }
 
 /// GET /api/conversations?room=&status= with an agent token.
