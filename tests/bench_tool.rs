@@ -267,3 +267,52 @@ fn socketio_target_speaks_engine_io() {
     assert_eq!(code, 0, "{v} {err}");
     assert_eq!((v["target"].as_str(), v["connections"].as_u64()), (Some("socketio"), Some(20)), "{v}");
 }
+
+#[test]
+fn churn_opens_answers_closes_and_rates_conversations_and_samples_memory() {
+    let srv = parley_with_bench_agents(2);
+    let (code, v, err) = bench(&[
+        "--server",
+        &srv.addr,
+        "--pid",
+        &srv.pid().to_string(),
+        "churn",
+        "--customers",
+        "4",
+        "--agents",
+        "2",
+        "--messages",
+        "2",
+        "--duration",
+        "3",
+        "--sample-secs",
+        "1",
+        "--per-second",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["failures"], 0, "{v}");
+    let conversations = v["conversations"].as_u64().unwrap();
+    assert!(conversations >= 4, "{v}");
+    assert_eq!(v["messages"].as_u64(), Some(conversations * 2), "two messages each: {v}");
+    assert_eq!(v["answers_received"], v["messages"], "every message answered: {v}");
+    let samples = v["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2 && samples.iter().all(|s| s["rss_kib"].as_u64().unwrap_or(0) > 0), "{v}");
+    // Every conversation was closed and rated, as the server lists them.
+    let token = login_sync(&srv);
+    let list = ureq_get(&srv, "/api/conversations?status=closed&limit=500", &token);
+    let closed = list.as_array().map_or(0, |l| l.len()) as u64;
+    assert!(closed >= conversations.min(500), "{closed} closed listed for {conversations} conversations");
+    assert!(conversations <= 100, "paced at 20 a second for 3 s: {conversations}");
+}
+
+fn login_sync(srv: &Server) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(login(srv, "bench0", "bench-password"))
+}
+
+fn ureq_get(srv: &Server, path: &str, token: &str) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async { get_json(srv, path, Some(token)).await.1 })
+}

@@ -110,6 +110,31 @@ enum Mode {
         #[command(flatten)]
         agents: AgentAccounts,
     },
+    /// Conversations that come and go for a long while: C customers at a
+    /// time each open, exchange K messages with an agent (who answers each),
+    /// close, rate and leave, then start over; the server's resident memory
+    /// is sampled along the way (does it level off?).
+    Churn {
+        /// Customers at a time.
+        #[arg(long, default_value_t = 50)]
+        customers: usize,
+        /// Agent accounts answering (PREFIX0 ..), each with capacity for its share.
+        #[arg(long, default_value_t = 10)]
+        agents: usize,
+        /// Messages each customer sends per conversation (each is answered).
+        #[arg(long, default_value_t = 4)]
+        messages: usize,
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Seconds between memory samples.
+        #[arg(long, default_value_t = 30)]
+        sample_secs: u64,
+        /// New conversations per second in all (0: as fast as they go).
+        #[arg(long, default_value_t = 0.0)]
+        per_second: f64,
+        #[command(flatten)]
+        accounts: AgentAccounts,
+    },
     /// `conversations` at rising rates; writes a markdown report with an SVG plot.
     Sweep {
         #[command(flatten)]
@@ -180,8 +205,12 @@ async fn run(cli: Cli) -> Result<Value, String> {
         tokens: RefCell::default(),
     };
     check_reachable(&ctx).await?;
-    if ctx.target != Target::Parley && matches!(cli.mode, Mode::AgentLoad { .. } | Mode::Storm { .. }) {
-        return Err("agent-load and storm need Parley (--target parley): the relays have no agents or resume".into());
+    if ctx.target != Target::Parley
+        && matches!(cli.mode, Mode::AgentLoad { .. } | Mode::Storm { .. } | Mode::Churn { .. })
+    {
+        return Err(
+            "agent-load, storm and churn need Parley (--target parley): the relays have no agents or resume".into()
+        );
     }
     match cli.mode {
         Mode::Idle { connections, hold } => idle(&ctx, connections, hold).await,
@@ -190,6 +219,10 @@ async fn run(cli: Cli) -> Result<Value, String> {
             agent_load(&ctx, customers, each, duration, &agents).await
         }
         Mode::Storm { customers, agents } => storm(&ctx, customers, &agents).await,
+        Mode::Churn { customers, agents, messages, duration, sample_secs, per_second, accounts } => {
+            let plan = ChurnPlan { customers, agents, messages, duration, sample_secs, per_second };
+            churn(&ctx, plan, &accounts).await
+        }
         Mode::Sweep { conv, rates, out, stop_p99_ms } => sweep(&ctx, &conv, &rates, &out, stop_p99_ms).await,
     }
 }
@@ -971,6 +1004,179 @@ async fn storm(ctx: &Ctx, n: usize, a: &AgentAccounts) -> Result<Value, String> 
     Ok(
         json!({"ok": lost == 0, "mode": "storm", "customers": n, "resumed": ok, "lost": lost, "resume_secs": round3(secs)}),
     )
+}
+
+// ---------------------------------------------------------------- churn
+
+struct ChurnPlan {
+    customers: usize,
+    agents: usize,
+    messages: usize,
+    duration: u64,
+    sample_secs: u64,
+    per_second: f64,
+}
+
+#[derive(Default)]
+struct ChurnTally {
+    conversations: u64,
+    messages: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+/// An agent who joins `support` and answers every customer text in the
+/// conversations assigned to them, at once.
+async fn answering_agent(ctx: &Ctx, token: &str, replies: Rc<RefCell<u64>>) -> Result<(), String> {
+    let (mut tx, mut rx) = connect(ctx).await?;
+    send(&mut tx, &json!({"type": "hello", "role": "agent", "token": token})).await?;
+    let w = until(&mut rx, "welcome", |v| v["type"] == "welcome").await?;
+    let me = w["user"]["id"].clone();
+    send(&mut tx, &json!({"type": "join", "room": "support", "ref": "j"})).await?;
+    until(&mut rx, "room", |v| v["ref"] == "j").await?;
+    tokio::task::spawn_local(async move {
+        let mut agent = Agent { tx, rx };
+        let mut mine = std::collections::HashSet::new();
+        let mut n = 0u64;
+        while let Some(Ok(m)) = agent.rx.next().await {
+            let Message::Text(t) = m else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
+            if v["type"] == "conversation" {
+                let c = &v["conversation"];
+                let id = c["id"].as_str().unwrap_or_default().to_string();
+                if c["status"] == "active" && c["agent"]["id"] == me {
+                    mine.insert(id);
+                } else {
+                    mine.remove(&id);
+                }
+                continue;
+            }
+            let for_me = v["message"]["conversation"].as_str().is_some_and(|c| mine.contains(c));
+            if v["type"] == "message"
+                && for_me
+                && v["message"]["kind"] == "text"
+                && v["message"]["from"]["role"] == "customer"
+            {
+                n += 1;
+                let reply = json!({"type": "send", "conversation": v["message"]["conversation"],
+                                   "client_id": format!("r{n}-{}", rand_index()), "body": "thanks, on it"});
+                if send(&mut agent.tx, &reply).await.is_err() {
+                    return;
+                }
+                *replies.borrow_mut() += 1;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One customer's whole conversation: open, K messages each answered, close, rate, leave.
+async fn churn_once(ctx: &Ctx, i: usize, k: usize) -> Result<usize, String> {
+    let mut c = customer(ctx, &format!("churn{i}")).await?;
+    until(&mut c.rx, "assignment", |v| is_assignment(v, &c.conv)).await?;
+    for m in 0..k {
+        let r = format!("s{m}");
+        let msg = json!({"type": "send", "conversation": c.conv, "client_id": format!("c{i}-{m}-{}", rand_index()),
+                         "body": "where is my order?", "ref": r});
+        send(&mut c.tx, &msg).await?;
+        until(&mut c.rx, "ack", |v| v["ref"] == r.as_str()).await?;
+        let conv = c.conv.clone();
+        until(&mut c.rx, "the agent's answer", |v| {
+            v["type"] == "message"
+                && v["message"]["conversation"] == conv.as_str()
+                && v["message"]["from"]["role"] == "agent"
+        })
+        .await?;
+    }
+    send(&mut c.tx, &json!({"type": "close", "conversation": c.conv, "ref": "close"})).await?;
+    until(&mut c.rx, "close", |v| v["ref"] == "close").await?;
+    send(&mut c.tx, &json!({"type": "rate", "conversation": c.conv, "score": 5, "ref": "rate"})).await?;
+    until(&mut c.rx, "rating ack", |v| v["ref"] == "rate").await?;
+    let _ = c.tx.close().await;
+    Ok(k)
+}
+
+async fn churn(ctx: &Ctx, p: ChurnPlan, a: &AgentAccounts) -> Result<Value, String> {
+    let replies = Rc::new(RefCell::new(0u64));
+    for i in 0..p.agents {
+        let token = login(ctx, &format!("{}{i}", a.agent_prefix), &a.agent_password).await?;
+        answering_agent(ctx, &token, replies.clone()).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(p.duration);
+    let tally = Rc::new(RefCell::new(ChurnTally::default()));
+    let mut workers = Vec::new();
+    for w in 0..p.customers {
+        let (server, sources, tally) = (ctx.server, ctx.sources, tally.clone());
+        let k = p.messages;
+        // Each worker starts a conversation every `gap` at most.
+        let gap = (p.per_second > 0.0).then(|| Duration::from_secs_f64(p.customers as f64 / p.per_second));
+        workers.push(tokio::task::spawn_local(async move {
+            let ctx = Ctx {
+                server,
+                pid: None,
+                sources,
+                target: Target::Parley,
+                next: RefCell::new(w * 1000),
+                tokens: RefCell::default(),
+            };
+            let mut i = w;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                let res = churn_once(&ctx, i, k).await;
+                let mut t = tally.borrow_mut();
+                match res {
+                    Ok(sent) => {
+                        t.conversations += 1;
+                        t.messages += sent as u64;
+                    }
+                    Err(e) => {
+                        t.failures += 1;
+                        t.last_error = Some(e);
+                    }
+                }
+                i += 100_000;
+                drop(t);
+                if let Some(gap) = gap {
+                    tokio::time::sleep(gap.saturating_sub(began.elapsed())).await;
+                }
+            }
+        }));
+    }
+    // Memory samples while it runs.
+    let mut samples = Vec::new();
+    let rss0 = ctx.pid.and_then(proc_rss_kib);
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_secs(p.sample_secs))).await;
+        let secs = started.elapsed().as_secs();
+        let rss = ctx.pid.and_then(proc_rss_kib);
+        let done = tally.borrow().conversations;
+        eprintln!("churn: {secs} s, {done} conversations, rss {} MiB", rss.map_or(0, |k| k / 1024));
+        samples.push(json!({"secs": secs, "rss_kib": rss, "conversations": done}));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let t = tally.borrow();
+    let replies = *replies.borrow();
+    Ok(json!({
+        "ok": t.failures == 0,
+        "mode": "churn",
+        "customers_at_a_time": p.customers,
+        "agents": p.agents,
+        "duration_secs": p.duration,
+        "per_second": p.per_second,
+        "conversations": t.conversations,
+        "messages": t.messages,
+        "answers_sent": replies,
+        "answers_received": t.messages,
+        "failures": t.failures,
+        "last_error": t.last_error,
+        "rss_start_kib": rss0,
+        "samples": samples,
+    }))
 }
 
 fn rand_index() -> usize {
