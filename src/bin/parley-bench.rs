@@ -1125,19 +1125,20 @@ async fn churn(ctx: &Ctx, p: ChurnPlan, a: &AgentAccounts) -> Result<Value, Stri
             while Instant::now() < deadline {
                 let began = Instant::now();
                 let res = churn_once(&ctx, i, k).await;
-                let mut t = tally.borrow_mut();
-                match res {
-                    Ok(sent) => {
-                        t.conversations += 1;
-                        t.messages += sent as u64;
-                    }
-                    Err(e) => {
-                        t.failures += 1;
-                        t.last_error = Some(e);
+                {
+                    let mut t = tally.borrow_mut();
+                    match res {
+                        Ok(sent) => {
+                            t.conversations += 1;
+                            t.messages += sent as u64;
+                        }
+                        Err(e) => {
+                            t.failures += 1;
+                            t.last_error = Some(e);
+                        }
                     }
                 }
                 i += 100_000;
-                drop(t);
                 if let Some(gap) = gap {
                     tokio::time::sleep(gap.saturating_sub(began.elapsed())).await;
                 }
