@@ -43,6 +43,26 @@ pub struct ConvCore {
 }
 
 impl Conv {
+    /// A conversation as the store holds it.
+    pub fn from_row(row: crate::store::ConvRow) -> Conv {
+        Conv {
+            id: row.id,
+            room: row.room,
+            status: row.status,
+            customer: row.customer,
+            agent: row.agent,
+            created_at: row.created_at,
+            queued_at: row.queued_at,
+            last_seq: row.last_seq,
+            rated: row.rated,
+            pushed_position: None,
+            transferred_from: None,
+            reads: HashMap::new(),
+            contact_email: row.contact_email,
+            changing: false,
+        }
+    }
+
     pub fn core(&self) -> ConvCore {
         ConvCore {
             status: self.status,

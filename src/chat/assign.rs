@@ -1,0 +1,111 @@
+//! Assignment and returns to the queue: automatic assignment (oldest first,
+//! least-loaded agent), the grace period of an agent who went away, and
+//! queued customers who left (abandoned).
+
+use super::server::*;
+use super::state::*;
+use super::writes::*;
+use crate::protocol::{self, Availability, ConvStatus, User};
+use actix::Context;
+use serde_json::json;
+use std::time::Instant;
+
+impl ChatServer {
+    pub(super) fn assign_room(&mut self, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        if r.manual {
+            return;
+        }
+        // Strictly oldest first: nobody is served ahead of the queue's head.
+        // The agent who transferred a conversation away is passed over for it
+        // for `--transfer-pass-over-ms`; if only they could take it, the queue
+        // waits that long and then they get it (the periodic sweep retries).
+        let now = Instant::now();
+        let queue: Vec<String> = r.queue.iter().cloned().collect();
+        for cid in queue {
+            let Some(r) = self.rooms.get(room) else { return };
+            if self.convs.get(&cid).is_none_or(|c| c.changing) {
+                continue; // being assigned (or otherwise changed) already
+            }
+            let skip = self
+                .convs
+                .get(&cid)
+                .and_then(|c| c.transferred_from.as_ref())
+                .filter(|(_, until)| *until > now)
+                .map(|(a, _)| a.as_str());
+            let Some(agent) = pick_agent(r, &self.agents, skip) else { break };
+            let user = agent.user.clone();
+            self.assign(&cid, user, ReplyTo::None);
+        }
+    }
+
+    pub(super) fn assign(&mut self, cid: &str, agent: User, reply: ReplyTo) {
+        let body = format!("{} joined the conversation", agent.name);
+        let event = json!({"name": "assigned", "agent": agent});
+        self.change(cid, ConvStatus::Active, Some(agent), None, QueuePlace::Back, event, body, reply);
+    }
+
+    /// PROTOCOL.md §8: an agent gone longer than the grace period loses their
+    /// active conversations to the front of their rooms' queues.
+    pub(super) fn grace_expired(&mut self, agent_id: &str, ctx: &mut Context<Self>) {
+        let Some(a) = self.agents.get_mut(agent_id) else { return };
+        a.grace = None;
+        if !a.sessions.is_empty() {
+            return;
+        }
+        self.requeue_all(agent_id, "agent_offline", "went offline");
+        self.finish(ctx);
+    }
+
+    /// Queued conversations whose customer has had no session for
+    /// `--abandon-after-ms` leave the queue, closed as abandoned: agents are
+    /// never handed a customer who left long ago, and a flood of
+    /// open-and-leave cannot fill the queue. A returning customer opens again.
+    pub(super) fn sweep_abandoned(&mut self, ctx: &mut Context<Self>) {
+        let after = self.cfg.abandon_after;
+        let gone: Vec<String> = self
+            .rooms
+            .values()
+            .flat_map(|r| r.queue.iter())
+            .filter(|cid| {
+                self.convs.get(*cid).is_some_and(|c| {
+                    self.customers
+                        .get(&c.customer.id)
+                        .is_none_or(|cu| cu.sessions.is_empty() && cu.away_since.elapsed() >= after)
+                })
+            })
+            .cloned()
+            .collect();
+        for cid in gone {
+            log::info!("{cid}: the customer left {} s ago; closed as abandoned", after.as_secs());
+            let event = json!({"name": "closed", "by": null, "reason": "abandoned"});
+            let body = "The customer left before an agent was free".to_string();
+            self.change(&cid, ConvStatus::Closed, None, None, QueuePlace::Back, event, body, ReplyTo::None);
+        }
+        // Queues held back by an agent passed over get another look.
+        let waiting: Vec<String> =
+            self.rooms.iter().filter(|(_, r)| !r.queue.is_empty()).map(|(n, _)| n.clone()).collect();
+        self.assign_rooms.extend(waiting);
+        self.finish(ctx);
+    }
+
+    /// Returns an absent agent's active conversations to the front of their
+    /// rooms' queues, newest last so the oldest stays first.
+    pub(super) fn requeue_all(&mut self, agent_id: &str, reason: &str, why: &str) {
+        let Some(a) = self.agents.get_mut(agent_id) else { return };
+        a.availability = Availability::Offline;
+        let user = a.user.clone();
+        // Each goes to the front in turn, newest first: the oldest ends up first.
+        let mut active: Vec<(protocol::Ts, String)> =
+            a.active.iter().map(|c| (self.convs.get(c).map_or(0, |c| c.queued_at), c.clone())).collect();
+        active.sort_unstable_by(|x, y| y.cmp(x));
+        for (_, cid) in active {
+            let Some(room) = self.convs.get(&cid).map(|c| c.room.clone()) else { continue };
+            log::info!("agent {} {why}: {cid} returns to the queue of {room}", user.id);
+            let event = json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room,
+                               "reason": reason, "internal": true});
+            let body = format!("{} {why}; back in the queue", user.name);
+            self.change(&cid, ConvStatus::Queued, None, None, QueuePlace::Front, event, body, ReplyTo::None);
+        }
+    }
+}

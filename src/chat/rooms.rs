@@ -1,0 +1,97 @@
+//! What agents and customers see of rooms: whether anyone is online to
+//! answer (`welcome.rooms`, `room_status`), agents' presence, and queue
+//! positions pushed as they change.
+
+use super::server::*;
+use super::state::*;
+use crate::backplane::Effect;
+use crate::protocol::{Availability, RoomInfo};
+
+/// Most queue-position changes in one step that are also pushed to the room's agents.
+pub(super) const POSITION_PUSHES_TO_AGENTS: usize = 100;
+
+impl ChatServer {
+    /// Whether anyone is online to answer in `room`: an agent (or bot) who
+    /// joined it and is not away.
+    pub(super) fn room_online(&self, room: &Room) -> bool {
+        room.agents
+            .keys()
+            .filter_map(|id| self.agents.get(id))
+            .any(|a| a.availability == Availability::Online && !a.sessions.is_empty())
+    }
+
+    /// The rooms as `welcome` lists them.
+    pub(super) fn room_infos(&self) -> Vec<RoomInfo> {
+        self.cfg
+            .rooms
+            .iter()
+            .filter_map(|name| self.rooms.get(name).map(|r| (name, r)))
+            .map(|(name, r)| RoomInfo { name: name.clone(), manual: r.manual, online: self.room_online(r) })
+            .collect()
+    }
+
+    /// Tells every customer session when a room goes from nobody online to
+    /// somebody, or back (the widget offers to leave a message meanwhile).
+    pub(super) fn tell_room_status(&mut self) {
+        let changed: Vec<(String, bool)> = self
+            .rooms
+            .iter()
+            .map(|(name, r)| (name.clone(), r.online_told, self.room_online(r)))
+            .filter(|(_, told, now)| told != now)
+            .map(|(name, _, now)| (name, now))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        for (name, online) in changed {
+            if let Some(r) = self.rooms.get_mut(&name) {
+                r.online_told = online;
+            }
+            self.publish(Effect::RoomStatus { room: name, online });
+        }
+    }
+
+    pub(super) fn broadcast_presence(&mut self, agent_id: &str) {
+        let Some(a) = self.agents.get(agent_id) else { return };
+        let mut out = Vec::new();
+        for (name, room) in &self.rooms {
+            if room.agents.contains_key(agent_id) {
+                out.push(a.presence(name, true));
+            }
+        }
+        for presence in out {
+            self.publish(Effect::Presence { presence, exclude: None });
+        }
+    }
+
+    /// Pushes the new position of every queued conversation from index `from`
+    /// on whose position changed since it was last pushed.
+    pub(super) fn refresh_positions(&mut self, room: &str, from: usize) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let changed: Vec<(String, u32)> = r
+            .queue
+            .iter()
+            .enumerate()
+            .skip(from)
+            .map(|(i, c)| (c.clone(), i as u32 + 1))
+            .filter(|(c, p)| self.convs.get(c).is_some_and(|c| c.pushed_position != Some(*p)))
+            .collect();
+        // Every waiting customer hears their new position. The room's agents
+        // hear it too, unless so many moved at once that it would flood each
+        // of them with the whole queue; the order they hold stays right, since
+        // everyone behind a departure moves up together.
+        let to_agents = changed.len() <= POSITION_PUSHES_TO_AGENTS;
+        for (cid, pos) in changed {
+            let Some(conv) = self.convs.get_mut(&cid) else { continue };
+            conv.pushed_position = Some(pos);
+            let conversation = conv.snapshot(Some(pos));
+            self.publish(Effect::Conversation {
+                conversation,
+                customer: true,
+                agents: to_agents,
+                also: None,
+                exclude: None,
+            });
+        }
+    }
+}
