@@ -11,7 +11,9 @@
 //! - `chat`     the ChatServer actor: routing, permissions, assignment;
 //!   `chat::deliver`, the one entry through which effects reach sessions
 //! - `backplane` where committed effects go (in-process loopback on one node)
-//! - `store`    the Store trait and its SQLite implementation (group commit)
+//! - `store`    the Store and Admin traits (the store arbitrates routing), and
+//!   one place that opens the configured store; `store::sqlite` in a folder:
+//!   schema, writer, apply, msglog, reads, admin
 //! - `http`     REST API, WebSocket upgrade, pages, metrics
 //! - `serve`    wiring it all together and running until a signal
 //! - `cli`      the `parley agent ...` commands

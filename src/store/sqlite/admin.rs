@@ -1,0 +1,84 @@
+//! Account management on the database file ([`Admin`]): safe beside a
+//! running server (SQLite's locking; the server rereads the accounts every
+//! few seconds).
+
+use super::*;
+use crate::auth;
+use crate::protocol::now_ms;
+use crate::store::*;
+use rusqlite::{params, Connection};
+use std::path::Path;
+
+/// Default capacity of a bot account.
+pub(super) const BOT_MAX_ACTIVE: u32 = 1000;
+
+/// Account management on the database file.
+pub struct SqliteAdmin {
+    conn: Connection,
+}
+
+impl SqliteAdmin {
+    pub fn open(data_dir: &Path) -> Result<SqliteAdmin, String> {
+        Ok(SqliteAdmin { conn: open_db(data_dir)? })
+    }
+}
+
+impl Admin for SqliteAdmin {
+    fn add_agent(&self, name: &str, password: &str, max_active: Option<u32>, bot: bool) -> Result<AgentRow, String> {
+        let conn = &self.conn;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err("agent name: must not be empty".into());
+        }
+        if let Some(why) = crate::protocol::name_problem(name) {
+            return Err(format!("agent name: {why}"));
+        }
+        if password.is_empty() {
+            return Err("password: must not be empty".into());
+        }
+        if max_active == Some(0) {
+            return Err("--max-active: must be greater than 0".into());
+        }
+        // Bots serve many conversations at once unless told otherwise.
+        let max_active = if bot { max_active.or(Some(BOT_MAX_ACTIVE)) } else { max_active };
+        let hash = auth::hash_password(password)?;
+        let id = auth::new_id("a_");
+        match conn.execute(
+            "INSERT INTO agents (id, name, password_hash, max_active, bot, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, name, hash, max_active, bot as i64, now_ms()],
+        ) {
+            Ok(_) => Ok(AgentRow { id, name: name.to_string(), password_hash: hash, max_active, bot, tokens_after: 0 }),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(format!("an agent named `{name}` already exists"))
+            }
+            Err(e) => Err(format!("cannot add agent: {e}")),
+        }
+    }
+
+    fn agents(&self) -> Result<Vec<AgentRow>, String> {
+        all_agents(&self.conn).map_err(|e| format!("cannot read the agents: {e}"))
+    }
+
+    fn set_password(&self, name: &str, password: &str) -> Result<(), String> {
+        if password.is_empty() {
+            return Err("password: must not be empty".into());
+        }
+        let hash = auth::hash_password(password)?;
+        match self.conn.execute(
+            "UPDATE agents SET password_hash = ?1, tokens_after = ?2 WHERE name = ?3",
+            params![hash, now_ms(), name],
+        ) {
+            Ok(0) => Err(format!("no agent named `{name}`")),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot change the password: {e}")),
+        }
+    }
+
+    fn remove_agent(&self, name: &str) -> Result<(), String> {
+        match self.conn.execute("DELETE FROM agents WHERE name = ?1", params![name]) {
+            Ok(0) => Err(format!("no agent named `{name}`")),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot remove agent: {e}")),
+        }
+    }
+}
