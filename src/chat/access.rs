@@ -31,13 +31,13 @@ impl ChatServer {
     }
 
     pub(super) fn conv_for(&self, who: &Who, cid: &str) -> Result<(&Conv, Access), ApiError> {
-        let conv = self.convs.get(cid).ok_or_else(|| not_found_conv(cid))?;
+        let conv = self.st.convs.get(cid).ok_or_else(|| not_found_conv(cid))?;
         let access = self.access(who, conv)?;
         Ok((conv, access))
     }
 
     pub(super) fn check_capacity(&self, agent_id: &str) -> Result<(), ApiError> {
-        match self.agents.get(agent_id) {
+        match self.st.agents.get(agent_id) {
             Some(a) if (a.load() as u32) < a.max => Ok(()),
             Some(a) => Err(ApiError::conflict(format!("{} is at capacity ({} of {})", a.user.name, a.load(), a.max))),
             None => Err(ApiError::not_found(format!("no agent {agent_id}"))),

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 impl ChatServer {
     pub(super) fn assign_room(&mut self, room: &str) {
-        let Some(r) = self.rooms.get(room) else { return };
+        let Some(r) = self.st.rooms.get(room) else { return };
         if r.manual {
             return;
         }
@@ -23,17 +23,18 @@ impl ChatServer {
         let now = Instant::now();
         let queue: Vec<String> = r.queue.iter().cloned().collect();
         for cid in queue {
-            let Some(r) = self.rooms.get(room) else { return };
-            if self.convs.get(&cid).is_none_or(|c| c.changing) {
+            let Some(r) = self.st.rooms.get(room) else { return };
+            if self.st.convs.get(&cid).is_none_or(|c| c.changing) {
                 continue; // being assigned (or otherwise changed) already
             }
             let skip = self
+                .st
                 .convs
                 .get(&cid)
                 .and_then(|c| c.transferred_from.as_ref())
                 .filter(|(_, until)| *until > now)
                 .map(|(a, _)| a.as_str());
-            let Some(agent) = pick_agent(r, &self.agents, skip) else { break };
+            let Some(agent) = pick_agent(r, &self.st.agents, skip) else { break };
             let user = agent.user.clone();
             self.assign(&cid, user, ReplyTo::None);
         }
@@ -48,7 +49,7 @@ impl ChatServer {
     /// PROTOCOL.md §8: an agent gone longer than the grace period loses their
     /// active conversations to the front of their rooms' queues.
     pub(super) fn grace_expired(&mut self, agent_id: &str, ctx: &mut Context<Self>) {
-        let Some(a) = self.agents.get_mut(agent_id) else { return };
+        let Some(a) = self.st.agents.get_mut(agent_id) else { return };
         a.grace = None;
         if !a.sessions.is_empty() {
             return;
@@ -64,12 +65,14 @@ impl ChatServer {
     pub(super) fn sweep_abandoned(&mut self, ctx: &mut Context<Self>) {
         let after = self.cfg.abandon_after;
         let gone: Vec<String> = self
+            .st
             .rooms
             .values()
             .flat_map(|r| r.queue.iter())
             .filter(|cid| {
-                self.convs.get(*cid).is_some_and(|c| {
-                    self.customers
+                self.st.convs.get(*cid).is_some_and(|c| {
+                    self.st
+                        .customers
                         .get(&c.customer.id)
                         .is_none_or(|cu| cu.sessions.is_empty() && cu.away_since.elapsed() >= after)
                 })
@@ -84,23 +87,23 @@ impl ChatServer {
         }
         // Queues held back by an agent passed over get another look.
         let waiting: Vec<String> =
-            self.rooms.iter().filter(|(_, r)| !r.queue.is_empty()).map(|(n, _)| n.clone()).collect();
-        self.assign_rooms.extend(waiting);
+            self.st.rooms.iter().filter(|(_, r)| !r.queue.is_empty()).map(|(n, _)| n.clone()).collect();
+        self.st.assign_rooms.extend(waiting);
         self.finish(ctx);
     }
 
     /// Returns an absent agent's active conversations to the front of their
     /// rooms' queues, newest last so the oldest stays first.
     pub(super) fn requeue_all(&mut self, agent_id: &str, reason: &str, why: &str) {
-        let Some(a) = self.agents.get_mut(agent_id) else { return };
+        let Some(a) = self.st.agents.get_mut(agent_id) else { return };
         a.availability = Availability::Offline;
         let user = a.user.clone();
         // Each goes to the front in turn, newest first: the oldest ends up first.
         let mut active: Vec<(protocol::Ts, String)> =
-            a.active.iter().map(|c| (self.convs.get(c).map_or(0, |c| c.queued_at), c.clone())).collect();
+            a.active.iter().map(|c| (self.st.convs.get(c).map_or(0, |c| c.queued_at), c.clone())).collect();
         active.sort_unstable_by(|x, y| y.cmp(x));
         for (_, cid) in active {
-            let Some(room) = self.convs.get(&cid).map(|c| c.room.clone()) else { continue };
+            let Some(room) = self.st.convs.get(&cid).map(|c| c.room.clone()) else { continue };
             log::info!("agent {} {why}: {cid} returns to the queue of {room}", user.id);
             let event = json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room,
                                "reason": reason, "internal": true});

@@ -24,9 +24,9 @@ impl ChatServer {
     pub(super) fn deliver(&mut self, effect: Effect) {
         let (mut sids, frame, exclude) = match effect {
             Effect::Message { message, also, exclude } => {
-                let Some(conv) = self.convs.get_mut(&message.conversation) else { return };
+                let Some(conv) = self.st.convs.get_mut(&message.conversation) else { return };
                 conv.last_seq = conv.last_seq.max(message.seq);
-                let conv = &self.convs[&message.conversation];
+                let conv = &self.st.convs[&message.conversation];
                 let customer = (!message.hidden_from_customers()).then_some(conv.customer.id.as_str());
                 let agent = conv.agent.as_ref().map(|a| a.id.as_str());
                 let sids = self.members(customer, agent, Some(&conv.room), also.as_deref());
@@ -50,7 +50,7 @@ impl ChatServer {
                 (sids, Out::Read { conversation: &conversation, from: &from, seq }.encode(), None)
             }
             Effect::Presence { presence, exclude } => {
-                let sids = self.rooms.get(&presence.room).map(|r| r.sessions.iter().copied().collect());
+                let sids = self.st.rooms.get(&presence.room).map(|r| r.sessions.iter().copied().collect());
                 (sids.unwrap_or_default(), Out::Presence(&presence).encode(), exclude)
             }
             Effect::RoomStatus { room, online } => {
@@ -69,13 +69,13 @@ impl ChatServer {
     /// agents who joined its room, and one more agent. Sorted, no duplicates.
     fn members(&self, customer: Option<&str>, agent: Option<&str>, room: Option<&str>, also: Option<&str>) -> Vec<u64> {
         let mut v = Vec::new();
-        if let Some(c) = customer.and_then(|c| self.customers.get(c)) {
+        if let Some(c) = customer.and_then(|c| self.st.customers.get(c)) {
             v.extend(c.sessions.iter().copied());
         }
-        for a in [agent, also].into_iter().flatten().filter_map(|a| self.agents.get(a)) {
+        for a in [agent, also].into_iter().flatten().filter_map(|a| self.st.agents.get(a)) {
             v.extend(a.sessions.iter().copied());
         }
-        if let Some(r) = room.and_then(|r| self.rooms.get(r)) {
+        if let Some(r) = room.and_then(|r| self.st.rooms.get(r)) {
             v.extend(r.sessions.iter().copied());
         }
         v.sort_unstable();
@@ -85,7 +85,7 @@ impl ChatServer {
 
     /// Everyone in a conversation this node holds (customer included).
     fn conversation_members(&self, cid: &str) -> Option<Vec<u64>> {
-        let c = self.convs.get(cid)?;
+        let c = self.st.convs.get(cid)?;
         Some(self.members(Some(&c.customer.id), c.agent.as_ref().map(|a| a.id.as_str()), Some(&c.room), None))
     }
 

@@ -95,7 +95,7 @@ impl ChatServer {
                 if r.seq <= known {
                     return Ok(()); // read markers only move forward
                 }
-                if let Some(c) = self.convs.get_mut(&r.conversation) {
+                if let Some(c) = self.st.convs.get_mut(&r.conversation) {
                     c.reads.insert(who.user.id.clone(), r.seq);
                 }
                 let op =
@@ -106,7 +106,7 @@ impl ChatServer {
             Request::Join(j) => self.join(&who, j.room, r#ref),
             Request::Leave(l) => {
                 agent_only(&who, "leave")?;
-                if !self.rooms.contains_key(&l.room) {
+                if !self.st.rooms.contains_key(&l.room) {
                     return Err(no_room(&l.room));
                 }
                 if let Some(s) = self.sessions.get_mut(&sid) {
@@ -165,7 +165,7 @@ impl ChatServer {
                 if conv.rated {
                     return Err(ApiError::conflict("this conversation is already rated"));
                 }
-                if let Some(c) = self.convs.get_mut(&r.conversation) {
+                if let Some(c) = self.st.convs.get_mut(&r.conversation) {
                     c.rated = true;
                 }
                 let event = json!({"name": "rated", "score": r.score, "comment": r.comment});
@@ -211,13 +211,14 @@ impl ChatServer {
                         return Err(ApiError::bad_request(format!("availability: `{other}` is not online or away")))
                     }
                 };
-                if let Some(a) = self.agents.get_mut(&who.user.id) {
+                if let Some(a) = self.st.agents.get_mut(&who.user.id) {
                     if a.availability != availability {
                         a.availability = availability;
-                        self.presence_agents.insert(who.user.id.clone());
+                        self.st.presence_agents.insert(who.user.id.clone());
                         if availability == Availability::Online {
-                            self.assign_rooms.extend(
-                                self.rooms
+                            self.st.assign_rooms.extend(
+                                self.st
+                                    .rooms
                                     .iter()
                                     .filter(|(_, r)| r.agents.contains_key(&who.user.id))
                                     .map(|(n, _)| n.clone()),
@@ -237,13 +238,14 @@ impl ChatServer {
             return Err(ApiError::forbidden("only customers open conversations"));
         }
         let room = o.room.unwrap_or_else(|| "support".to_string());
-        if !self.rooms.contains_key(&room) {
+        if !self.st.rooms.contains_key(&room) {
             return Err(no_room(&room));
         }
         let existing = self
+            .st
             .customers
             .get(&who.user.id)
-            .and_then(|c| c.open.iter().find(|id| self.convs.get(*id).is_some_and(|c| c.room == room)).cloned());
+            .and_then(|c| c.open.iter().find(|id| self.st.convs.get(*id).is_some_and(|c| c.room == room)).cloned());
         if let Some(cid) = existing {
             if let (Some(snap), ReplyTo::Session { sid, r#ref }) = (self.snapshot(&cid), reply) {
                 let f = Out::Conversation { r#ref: r#ref.as_deref(), conversation: &snap }.encode();
@@ -294,19 +296,19 @@ impl ChatServer {
         };
         self.busy()?;
         self.submit(WriteOp::CreateConversation(row), Pending::Open { reply, conv: id.clone() });
-        let r = self.rooms.get_mut(&room).ok_or_else(|| no_room(&room))?;
+        let r = self.st.rooms.get_mut(&room).ok_or_else(|| no_room(&room))?;
         r.queue.push_back(id.clone());
         let pos = r.queue.len() as u32;
-        self.convs.insert(id.clone(), Conv { pushed_position: Some(pos), ..conv });
-        self.customers.entry(who.user.id.clone()).or_default().open.push(id.clone());
+        self.st.convs.insert(id.clone(), Conv { pushed_position: Some(pos), ..conv });
+        self.st.customers.entry(who.user.id.clone()).or_default().open.push(id.clone());
         // A bot-first room hands new conversations to its bot while it is connected.
         let bot = self.cfg.bot_first.get(&room).and_then(|name| {
-            self.agents.values().find(|a| a.bot && a.user.name == *name && a.can_take()).map(|a| a.user.clone())
+            self.st.agents.values().find(|a| a.bot && a.user.name == *name && a.can_take()).map(|a| a.user.clone())
         });
         match bot {
             Some(bot) => self.assign(&id, bot, ReplyTo::None),
             None => {
-                self.assign_rooms.insert(room);
+                self.st.assign_rooms.insert(room);
             }
         }
         Ok(())
@@ -354,7 +356,7 @@ impl ChatServer {
     pub(super) fn join(&mut self, who: &Who, room: String, r#ref: Option<String>) -> Result<(), ApiError> {
         agent_only(who, "join")?;
         let sid = who.sid.unwrap_or(0);
-        let r = self.rooms.get_mut(&room).ok_or_else(|| no_room(&room))?;
+        let r = self.st.rooms.get_mut(&room).ok_or_else(|| no_room(&room))?;
         let newly_present = if r.sessions.insert(sid) {
             let n = r.agents.entry(who.user.id.clone()).or_insert(0);
             *n += 1;
@@ -365,27 +367,27 @@ impl ChatServer {
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.rooms.insert(room.clone());
         }
-        let r = &self.rooms[&room];
+        let r = &self.st.rooms[&room];
         let queue: Vec<Conversation> = r
             .queue
             .iter()
             .take(protocol::ROOM_QUEUE_LISTED)
             .enumerate()
-            .filter_map(|(i, c)| self.convs.get(c).map(|c| c.snapshot(Some(i as u32 + 1))))
+            .filter_map(|(i, c)| self.st.convs.get(c).map(|c| c.snapshot(Some(i as u32 + 1))))
             .collect();
         let queue_total = r.queue.len();
         let mut agents: Vec<Presence> =
-            r.agents.keys().filter_map(|id| self.agents.get(id)).map(|a| a.presence(&room, true)).collect();
+            r.agents.keys().filter_map(|id| self.st.agents.get(id)).map(|a| a.presence(&room, true)).collect();
         agents.sort_by(|a, b| a.agent.name.cmp(&b.agent.name));
         let f =
             Out::Room { r#ref: r#ref.as_deref(), room: &room, queue: &queue, queue_total, agents: &agents }.encode();
         self.send(sid, &f);
         if newly_present {
-            if let Some(presence) = self.agents.get(&who.user.id).map(|a| a.presence(&room, true)) {
+            if let Some(presence) = self.st.agents.get(&who.user.id).map(|a| a.presence(&room, true)) {
                 self.publish(Effect::Presence { presence, exclude: Some(sid) });
             }
         }
-        self.assign_rooms.insert(room);
+        self.st.assign_rooms.insert(room);
         Ok(())
     }
 
@@ -403,10 +405,10 @@ impl ChatServer {
                 if to == who.user.id {
                     return Err(ApiError::bad_request("to_agent: the conversation is already yours"));
                 }
-                let target = self.agents.get(&to).ok_or_else(|| ApiError::not_found(format!("no agent {to}")))?;
+                let target = self.st.agents.get(&to).ok_or_else(|| ApiError::not_found(format!("no agent {to}")))?;
                 let online = target.availability == Availability::Online
                     && !target.sessions.is_empty()
-                    && self.rooms.values().any(|r| r.agents.contains_key(&to));
+                    && self.st.rooms.values().any(|r| r.agents.contains_key(&to));
                 if !online {
                     return Err(ApiError::conflict(format!("{} is not online in any room", target.user.name)));
                 }
@@ -427,7 +429,7 @@ impl ChatServer {
                 Ok(())
             }
             (None, Some(room)) => {
-                if !self.rooms.contains_key(&room) {
+                if !self.st.rooms.contains_key(&room) {
                     return Err(no_room(&room));
                 }
                 let event = json!({"name": "transferred", "from_agent": who.user, "to_agent": null, "to_room": room});
@@ -458,7 +460,7 @@ impl ChatServer {
         let Some(m) = self.ready(m, ctx) else { return };
         let routing = matches!(m.req, Request::Accept(_) | Request::Transfer(_) | Request::Close(_) | Request::Rate(_));
         if let Some(cid) = conversation_of(&m.req).filter(|_| routing) {
-            if self.convs.get(cid).is_some_and(|c| c.changing) {
+            if self.st.convs.get(cid).is_some_and(|c| c.changing) {
                 self.deferred.entry(cid.to_string()).or_default().push(m);
                 return;
             }
@@ -479,7 +481,7 @@ impl ChatServer {
         Self: Handler<M>,
     {
         match msg.conversation() {
-            Some(cid) if !msg.loaded() && !self.convs.contains_key(cid) => {
+            Some(cid) if !msg.loaded() && !self.st.convs.contains_key(cid) => {
                 let cid = cid.to_string();
                 self.load_then(cid, msg, ctx);
                 None
@@ -498,14 +500,14 @@ impl ChatServer {
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(row) => {
                 if let Some(row) = row {
-                    if !act.convs.contains_key(&row.id) {
+                    if !act.st.convs.contains_key(&row.id) {
                         let closed = row.status == ConvStatus::Closed;
                         let conv = Conv::from_row(row);
                         if closed {
-                            act.closed_lru.push_back(conv.id.clone());
+                            act.st.closed_lru.push_back(conv.id.clone());
                         }
-                        act.convs.insert(conv.id.clone(), conv);
-                        act.evict_closed();
+                        act.st.convs.insert(conv.id.clone(), conv);
+                        act.st.evict_closed();
                     }
                 }
                 msg.mark_loaded();

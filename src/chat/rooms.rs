@@ -16,7 +16,7 @@ impl ChatServer {
     pub(super) fn room_online(&self, room: &Room) -> bool {
         room.agents
             .keys()
-            .filter_map(|id| self.agents.get(id))
+            .filter_map(|id| self.st.agents.get(id))
             .any(|a| a.availability == Availability::Online && !a.sessions.is_empty())
     }
 
@@ -25,7 +25,7 @@ impl ChatServer {
         self.cfg
             .rooms
             .iter()
-            .filter_map(|name| self.rooms.get(name).map(|r| (name, r)))
+            .filter_map(|name| self.st.rooms.get(name).map(|r| (name, r)))
             .map(|(name, r)| RoomInfo { name: name.clone(), manual: r.manual, online: self.room_online(r) })
             .collect()
     }
@@ -34,6 +34,7 @@ impl ChatServer {
     /// somebody, or back (the widget offers to leave a message meanwhile).
     pub(super) fn tell_room_status(&mut self) {
         let changed: Vec<(String, bool)> = self
+            .st
             .rooms
             .iter()
             .map(|(name, r)| (name.clone(), r.online_told, self.room_online(r)))
@@ -44,7 +45,7 @@ impl ChatServer {
             return;
         }
         for (name, online) in changed {
-            if let Some(r) = self.rooms.get_mut(&name) {
+            if let Some(r) = self.st.rooms.get_mut(&name) {
                 r.online_told = online;
             }
             self.publish(Effect::RoomStatus { room: name, online });
@@ -52,9 +53,9 @@ impl ChatServer {
     }
 
     pub(super) fn broadcast_presence(&mut self, agent_id: &str) {
-        let Some(a) = self.agents.get(agent_id) else { return };
+        let Some(a) = self.st.agents.get(agent_id) else { return };
         let mut out = Vec::new();
-        for (name, room) in &self.rooms {
+        for (name, room) in &self.st.rooms {
             if room.agents.contains_key(agent_id) {
                 out.push(a.presence(name, true));
             }
@@ -67,14 +68,14 @@ impl ChatServer {
     /// Pushes the new position of every queued conversation from index `from`
     /// on whose position changed since it was last pushed.
     pub(super) fn refresh_positions(&mut self, room: &str, from: usize) {
-        let Some(r) = self.rooms.get(room) else { return };
+        let Some(r) = self.st.rooms.get(room) else { return };
         let changed: Vec<(String, u32)> = r
             .queue
             .iter()
             .enumerate()
             .skip(from)
             .map(|(i, c)| (c.clone(), i as u32 + 1))
-            .filter(|(c, p)| self.convs.get(c).is_some_and(|c| c.pushed_position != Some(*p)))
+            .filter(|(c, p)| self.st.convs.get(c).is_some_and(|c| c.pushed_position != Some(*p)))
             .collect();
         // Every waiting customer hears their new position. The room's agents
         // hear it too, unless so many moved at once that it would flood each
@@ -82,7 +83,7 @@ impl ChatServer {
         // everyone behind a departure moves up together.
         let to_agents = changed.len() <= POSITION_PUSHES_TO_AGENTS;
         for (cid, pos) in changed {
-            let Some(conv) = self.convs.get_mut(&cid) else { continue };
+            let Some(conv) = self.st.convs.get_mut(&cid) else { continue };
             conv.pushed_position = Some(pos);
             let conversation = conv.snapshot(Some(pos));
             self.publish(Effect::Conversation {

@@ -20,11 +20,11 @@ use crate::webhooks::Webhooks;
 use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, MessageResult, Recipient, StreamHandler, WrapFuture,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Bound of the ChatServer's own mailbox; a session whose request does not fit
@@ -48,42 +48,20 @@ pub(super) struct Sess {
     pub(super) rooms: HashSet<String>,
 }
 
-pub(super) struct Customer {
-    pub(super) sessions: HashSet<u64>,
-    /// Non-closed conversations.
-    pub(super) open: Vec<String>,
-    /// Since when the customer has had no session (meaningful while `sessions` is empty).
-    pub(super) away_since: Instant,
-}
-
-impl Default for Customer {
-    fn default() -> Self {
-        Customer { sessions: HashSet::new(), open: Vec::new(), away_since: Instant::now() }
-    }
-}
-
 pub struct ChatServer {
     pub(super) cfg: Arc<Config>,
     pub(super) store: Arc<dyn Store>,
     pub(super) sessions: HashMap<u64, Sess>,
-    pub(super) convs: HashMap<String, Conv>,
-    pub(super) closed_lru: VecDeque<String>,
-    pub(super) rooms: HashMap<String, Room>,
-    pub(super) agents: HashMap<String, AgentState>,
-    pub(super) customers: HashMap<String, Customer>,
+    /// Conversations, queues, agents and customers (the routing state machine).
+    pub(super) st: Routing,
     pub(super) pending: HashMap<u64, Pending>,
     pub(super) next_token: u64,
-    pub(super) tick: u64,
     pub(super) completions: Option<UnboundedReceiver<Vec<Completion>>>,
     pub(super) webhooks: Webhooks,
     /// Where committed effects go, to come back into `deliver`.
     pub(super) backplane: Box<dyn Backplane>,
     // Work left for `finish`:
     pub(super) jammed: Vec<u64>,
-    pub(super) assign_rooms: HashSet<String>,
-    /// Rooms whose queue positions changed, from this index on.
-    pub(super) position_rooms: HashMap<String, usize>,
-    pub(super) presence_agents: HashSet<String>,
     /// A reread of the agent accounts is under way.
     pub(super) accounts_checking: bool,
     /// New conversations per client address.
@@ -116,21 +94,13 @@ impl ChatServer {
             cfg: cfg.clone(),
             store,
             sessions: HashMap::new(),
-            convs: HashMap::new(),
-            closed_lru: VecDeque::new(),
-            rooms: HashMap::new(),
-            agents: HashMap::new(),
-            customers: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
-            tick: 1,
+            st: Routing { tick: 1, ..Default::default() },
             completions: Some(completions),
             webhooks,
             backplane: crate::backplane::configured(),
             jammed: Vec::new(),
-            assign_rooms: HashSet::new(),
-            position_rooms: HashMap::new(),
-            presence_agents: HashSet::new(),
             accounts_checking: false,
             opens: crate::abuse::Keyed::per_minute(cfg.opens_per_minute.max(1)),
             deferred: HashMap::new(),
@@ -138,7 +108,7 @@ impl ChatServer {
             reload: Vec::new(),
         };
         for a in agents {
-            srv.agents.insert(a.id.clone(), srv.agent_state(&a));
+            srv.st.agents.insert(a.id.clone(), srv.agent_state(&a));
         }
         for row in open {
             let conv = Conv::from_row(row);
@@ -151,7 +121,7 @@ impl ChatServer {
                 },
                 ConvStatus::Active => {
                     if let Some(a) = &conv.agent {
-                        let st = srv.agents.entry(a.id.clone()).or_insert_with(|| AgentState {
+                        let st = srv.st.agents.entry(a.id.clone()).or_insert_with(|| AgentState {
                             user: a.clone(),
                             max: cfg.max_active,
                             bot: false,
@@ -167,11 +137,11 @@ impl ChatServer {
                 }
                 ConvStatus::Closed => {}
             }
-            srv.customers.entry(conv.customer.id.clone()).or_default().open.push(conv.id.clone());
-            srv.convs.insert(conv.id.clone(), conv);
+            srv.st.customers.entry(conv.customer.id.clone()).or_default().open.push(conv.id.clone());
+            srv.st.convs.insert(conv.id.clone(), conv);
         }
-        srv.rooms = std::mem::take(&mut rooms);
-        srv.position_rooms = srv.rooms.keys().map(|r| (r.clone(), 0)).collect();
+        srv.st.rooms = std::mem::take(&mut rooms);
+        srv.st.position_rooms = srv.st.rooms.keys().map(|r| (r.clone(), 0)).collect();
         srv
     }
 
@@ -203,9 +173,9 @@ impl ChatServer {
     }
 
     pub(super) fn snapshot(&self, cid: &str) -> Option<Conversation> {
-        let c = self.convs.get(cid)?;
+        let c = self.st.convs.get(cid)?;
         let pos = match c.status {
-            ConvStatus::Queued => self.rooms.get(&c.room).and_then(|r| r.position(cid)),
+            ConvStatus::Queued => self.st.rooms.get(&c.room).and_then(|r| r.position(cid)),
             _ => None,
         };
         Some(c.snapshot(pos))
@@ -232,18 +202,18 @@ impl ChatServer {
             for sid in std::mem::take(&mut self.jammed) {
                 self.jam(sid, ctx);
             }
-            let rooms: Vec<String> = self.assign_rooms.drain().collect();
+            let rooms: Vec<String> = self.st.assign_rooms.drain().collect();
             for r in &rooms {
                 self.assign_room(r);
             }
-            for (r, from) in std::mem::take(&mut self.position_rooms) {
+            for (r, from) in std::mem::take(&mut self.st.position_rooms) {
                 self.refresh_positions(&r, from);
             }
-            for a in std::mem::take(&mut self.presence_agents) {
+            for a in std::mem::take(&mut self.st.presence_agents) {
                 self.broadcast_presence(&a);
             }
             self.tell_room_status();
-            if self.jammed.is_empty() && self.assign_rooms.is_empty() && self.position_rooms.is_empty() {
+            if self.jammed.is_empty() && self.st.assign_rooms.is_empty() && self.st.position_rooms.is_empty() {
                 break;
             }
         }
@@ -262,6 +232,7 @@ impl Actor for ChatServer {
         // period to come back.
         let grace = Duration::from_millis(self.cfg.agent_grace_ms);
         let waiting: Vec<String> = self
+            .st
             .agents
             .iter()
             .filter(|(_, a)| !a.active.is_empty() && a.sessions.is_empty())
@@ -270,7 +241,7 @@ impl Actor for ChatServer {
         for id in waiting {
             let key = id.clone();
             let handle = ctx.run_later(grace, move |act, ctx| act.grace_expired(&key, ctx));
-            if let Some(a) = self.agents.get_mut(&id) {
+            if let Some(a) = self.st.agents.get_mut(&id) {
                 a.grace = Some(handle);
             }
         }
@@ -317,8 +288,8 @@ impl Handler<Connect> for ChatServer {
             Role::Agent => {
                 let row = m.agent.as_ref();
                 let fresh = row.map(|r| self.agent_state(r));
-                let tick = self.tick;
-                let a = self.agents.entry(m.user.id.clone()).or_insert_with(|| {
+                let tick = self.st.tick;
+                let a = self.st.agents.entry(m.user.id.clone()).or_insert_with(|| {
                     fresh.unwrap_or_else(|| AgentState {
                         user: m.user.clone(),
                         max: 0,
@@ -345,11 +316,11 @@ impl Handler<Connect> for ChatServer {
                 }
                 a.sessions.insert(sid);
                 let ids: Vec<String> = a.active.iter().cloned().collect();
-                self.presence_agents.insert(m.user.id.clone());
+                self.st.presence_agents.insert(m.user.id.clone());
                 ids.iter().filter_map(|c| self.snapshot(c)).collect()
             }
             _ => {
-                let c = self.customers.entry(m.user.id.clone()).or_default();
+                let c = self.st.customers.entry(m.user.id.clone()).or_default();
                 c.sessions.insert(sid);
                 let mut seen: HashSet<String> = HashSet::new();
                 let mut list: Vec<Conversation> = Vec::new();
@@ -466,16 +437,18 @@ impl Handler<LiveConversations> for ChatServer {
 
     fn handle(&mut self, m: LiveConversations, _: &mut Context<Self>) -> Self::Result {
         if let Some(r) = &m.room {
-            if !self.rooms.contains_key(r) {
+            if !self.st.rooms.contains_key(r) {
                 return Err(no_room(r));
             }
         }
         let positions: HashMap<&str, u32> = self
+            .st
             .rooms
             .values()
             .flat_map(|r| r.queue.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32 + 1)))
             .collect();
         let mut list: Vec<Conversation> = self
+            .st
             .convs
             .values()
             .filter(|c| c.status != ConvStatus::Closed)
@@ -494,10 +467,10 @@ impl Handler<GetStats> for ChatServer {
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Stats {
             sessions: self.sessions.len(),
-            conversations_in_memory: self.convs.len(),
-            queued: self.rooms.values().map(|r| r.queue.len()).sum(),
-            active: self.convs.values().filter(|c| c.status == ConvStatus::Active).count(),
-            agents_online: self.agents.values().filter(|a| !a.sessions.is_empty()).count(),
+            conversations_in_memory: self.st.convs.len(),
+            queued: self.st.rooms.values().map(|r| r.queue.len()).sum(),
+            active: self.st.convs.values().filter(|c| c.status == ConvStatus::Active).count(),
+            agents_online: self.st.agents.values().filter(|a| !a.sessions.is_empty()).count(),
             pending_writes: self.pending.len(),
         })
     }

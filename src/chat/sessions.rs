@@ -36,7 +36,7 @@ impl ChatServer {
         match s.user.role {
             Role::Agent => {
                 let grace = Duration::from_millis(self.cfg.agent_grace_ms);
-                if let Some(a) = self.agents.get_mut(&s.user.id) {
+                if let Some(a) = self.st.agents.get_mut(&s.user.id) {
                     a.sessions.remove(&sid);
                     if a.sessions.is_empty() {
                         let id = s.user.id.clone();
@@ -45,11 +45,11 @@ impl ChatServer {
                 }
             }
             _ => {
-                if let Some(c) = self.customers.get_mut(&s.user.id) {
+                if let Some(c) = self.st.customers.get_mut(&s.user.id) {
                     c.sessions.remove(&sid);
                     c.away_since = Instant::now();
                     if c.sessions.is_empty() && c.open.is_empty() {
-                        self.customers.remove(&s.user.id);
+                        self.st.customers.remove(&s.user.id);
                     }
                 }
             }
@@ -57,7 +57,7 @@ impl ChatServer {
     }
 
     pub(super) fn leave_room(&mut self, sid: u64, agent_id: &str, room: &str) {
-        let Some(r) = self.rooms.get_mut(room) else { return };
+        let Some(r) = self.st.rooms.get_mut(room) else { return };
         if !r.sessions.remove(&sid) {
             return;
         }
@@ -73,7 +73,7 @@ impl ChatServer {
             None => false,
         };
         if gone {
-            if let Some(presence) = self.agents.get(agent_id).map(|a| a.presence(room, false)) {
+            if let Some(presence) = self.st.agents.get(agent_id).map(|a| a.presence(room, false)) {
                 self.publish(Effect::Presence { presence, exclude: None });
             }
         }
@@ -102,32 +102,32 @@ impl ChatServer {
     /// capacities follow the accounts.
     pub(super) fn refresh_accounts(&mut self, rows: Vec<AgentRow>, ctx: &mut Context<Self>) {
         let rows: HashMap<String, AgentRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
-        let known: Vec<String> = self.agents.keys().cloned().collect();
+        let known: Vec<String> = self.st.agents.keys().cloned().collect();
         for id in known {
             match rows.get(&id) {
                 None => {
-                    let Some(a) = self.agents.get(&id) else { continue };
+                    let Some(a) = self.st.agents.get(&id) else { continue };
                     if a.sessions.is_empty() && a.active.is_empty() {
-                        self.agents.remove(&id);
+                        self.st.agents.remove(&id);
                         continue;
                     }
                     let sids: Vec<u64> = a.sessions.iter().copied().collect();
                     self.revoke_sessions(sids, "account removed", ctx);
-                    if let Some(h) = self.agents.get_mut(&id).and_then(|a| a.grace.take()) {
+                    if let Some(h) = self.st.agents.get_mut(&id).and_then(|a| a.grace.take()) {
                         ctx.cancel_future(h);
                     }
                     self.requeue_all(&id, "agent_removed", "was removed");
-                    self.agents.remove(&id);
-                    self.presence_agents.remove(&id);
+                    self.st.agents.remove(&id);
+                    self.st.presence_agents.remove(&id);
                 }
                 Some(row) => {
                     let max = row.max_active.unwrap_or(self.cfg.max_active);
-                    let Some(a) = self.agents.get_mut(&id) else { continue };
+                    let Some(a) = self.st.agents.get_mut(&id) else { continue };
                     if a.max != max || a.user.name != row.name {
                         a.max = max;
                         a.user.name = row.name.clone();
-                        self.presence_agents.insert(id.clone());
-                        self.assign_rooms.extend(self.rooms.keys().cloned());
+                        self.st.presence_agents.insert(id.clone());
+                        self.st.assign_rooms.extend(self.st.rooms.keys().cloned());
                     }
                     a.bot = row.bot;
                     let stale: Vec<u64> = a

@@ -1,5 +1,7 @@
-//! The ChatServer's in-memory state as plain structs (no actors), and the
-//! assignment choice of PROTOCOL.md §8, unit-tested on its own.
+//! The ChatServer's in-memory state as plain structs (no actors): the
+//! routing state machine ([`Routing`]: conversations, room queues, agents'
+//! loads, customers) and the assignment choice of PROTOCOL.md §8, both
+//! unit-tested on their own.
 
 use crate::protocol::{Availability, ConvStatus, Conversation, Presence, Ts, User};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -184,6 +186,147 @@ pub fn pick_agent<'a>(
         .min_by_key(|a| (a.load(), a.last_assigned, a.user.id.clone()))
 }
 
+/// Most closed conversations kept in memory for quick access (oldest evicted first).
+pub const CLOSED_CACHE: usize = 10_000;
+
+/// A customer known to this node.
+pub struct Customer {
+    pub sessions: HashSet<u64>,
+    /// Non-closed conversations.
+    pub open: Vec<String>,
+    /// Since when the customer has had no session (meaningful while `sessions` is empty).
+    pub away_since: std::time::Instant,
+}
+
+impl Default for Customer {
+    fn default() -> Self {
+        Customer { sessions: HashSet::new(), open: Vec::new(), away_since: std::time::Instant::now() }
+    }
+}
+
+/// The routing state machine, in memory: conversations and the indexes
+/// that follow them (room queues, agents' loads, customers' open
+/// conversations). [`Routing::apply`] moves a conversation to a new state
+/// and keeps every index in step, noting what others must hear (queue
+/// positions, presence) and which rooms need assignment. Plain data, no
+/// actors: unit-tested below.
+#[derive(Default)]
+pub struct Routing {
+    pub convs: HashMap<String, Conv>,
+    /// Closed conversations in memory, oldest first (see [`CLOSED_CACHE`]).
+    pub closed_lru: VecDeque<String>,
+    pub rooms: HashMap<String, Room>,
+    pub agents: HashMap<String, AgentState>,
+    pub customers: HashMap<String, Customer>,
+    /// Monotonic counter ordering assignments (ties go to the longest waiting).
+    pub tick: u64,
+    /// Rooms to run assignment for.
+    pub assign_rooms: HashSet<String>,
+    /// Rooms whose queue positions changed, from this index on.
+    pub position_rooms: HashMap<String, usize>,
+    /// Agents whose presence changed.
+    pub presence_agents: HashSet<String>,
+}
+
+impl Routing {
+    /// Moves a conversation to a new state, keeping every index (room queues,
+    /// agent loads, customer's open list) in step. Called once the change is
+    /// committed (or to match what the store holds).
+    pub fn apply(&mut self, cid: &str, new: ConvCore, place: QueuePlace) {
+        // Where its queue time puts it, among the others (for `ByTime`).
+        let by_time = match (place, new.status) {
+            (QueuePlace::ByTime, ConvStatus::Queued) => self.rooms.get(&new.room).map(|r| {
+                r.queue
+                    .iter()
+                    .filter(|c| c.as_str() != cid)
+                    .position(|c| self.convs.get(c).is_some_and(|c| c.queued_at > new.queued_at))
+                    .unwrap_or(r.queue.len().saturating_sub(usize::from(r.queue.iter().any(|c| c == cid))))
+            }),
+            _ => None,
+        };
+        let Some(conv) = self.convs.get_mut(cid) else { return };
+        let old = conv.core();
+        if old.status == ConvStatus::Queued {
+            if let Some(i) = self.rooms.get_mut(&old.room).and_then(|r| r.remove(cid)) {
+                mark_positions(&mut self.position_rooms, &old.room, i);
+            }
+        }
+        if old.status == ConvStatus::Active {
+            if let Some(a) = old.agent.as_ref().and_then(|a| self.agents.get_mut(&a.id)) {
+                a.active.remove(cid);
+                self.presence_agents.insert(a.user.id.clone());
+                self.assign_rooms.insert(old.room.clone());
+            }
+        }
+        conv.status = new.status;
+        conv.agent = new.agent.clone();
+        conv.room = new.room.clone();
+        conv.queued_at = new.queued_at;
+        conv.transferred_from = new.transferred_from;
+        match new.status {
+            ConvStatus::Queued => {
+                conv.pushed_position = None;
+                if let Some(r) = self.rooms.get_mut(&new.room) {
+                    let at = match place {
+                        QueuePlace::Back => {
+                            r.queue.push_back(cid.to_string());
+                            r.queue.len() - 1
+                        }
+                        QueuePlace::Front => {
+                            r.queue.push_front(cid.to_string());
+                            0
+                        }
+                        QueuePlace::ByTime => {
+                            let at = by_time.unwrap_or(r.queue.len()).min(r.queue.len());
+                            r.queue.insert(at, cid.to_string());
+                            at
+                        }
+                    };
+                    mark_positions(&mut self.position_rooms, &new.room, at);
+                }
+                self.assign_rooms.insert(new.room.clone());
+            }
+            ConvStatus::Active => {
+                conv.pushed_position = None;
+                if let Some(a) = new.agent.as_ref().and_then(|a| self.agents.get_mut(&a.id)) {
+                    a.active.insert(cid.to_string());
+                    self.tick += 1;
+                    a.last_assigned = self.tick;
+                    self.presence_agents.insert(a.user.id.clone());
+                }
+            }
+            ConvStatus::Closed => conv.pushed_position = None,
+        }
+        let customer = conv.customer.id.clone();
+        let c = self.customers.entry(customer).or_default();
+        if new.status == ConvStatus::Closed {
+            c.open.retain(|x| x != cid);
+            if old.status != ConvStatus::Closed {
+                self.closed_lru.push_back(cid.to_string());
+                self.evict_closed();
+            }
+        } else if !c.open.iter().any(|x| x == cid) {
+            c.open.push(cid.to_string());
+        }
+    }
+
+    pub fn evict_closed(&mut self) {
+        while self.closed_lru.len() > CLOSED_CACHE {
+            if let Some(old) = self.closed_lru.pop_front() {
+                if self.convs.get(&old).is_some_and(|c| c.status == ConvStatus::Closed) {
+                    self.convs.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Notes that positions in `room` changed from index `from` on.
+pub fn mark_positions(dirty: &mut HashMap<String, usize>, room: &str, from: usize) {
+    let e = dirty.entry(room.to_string()).or_insert(from);
+    *e = (*e).min(from);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +396,120 @@ mod tests {
         let agents: HashMap<_, _> =
             [("bot", bot), ("h", agent("h", 3, 5, 0))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(pick_agent(&room_with(&["bot", "h"]), &agents, None).unwrap().user.id, "h");
+    }
+
+    // ---------------------------------------------------------------- Routing
+
+    fn customer_user(n: u32) -> User {
+        User { id: format!("v_{n}"), role: Role::Customer, name: format!("C{n}") }
+    }
+
+    /// A routing state with room `support`, agent `a` present in it, and
+    /// conversations `c1..=n` queued in that order (queue times 10, 20, ...).
+    fn routing(n: u32) -> Routing {
+        let mut r = Routing::default();
+        r.rooms.insert("support".into(), room_with(&["a"]));
+        r.agents.insert("a".into(), agent("a", 0, 5, 0));
+        for i in 1..=n {
+            let id = format!("c{i}");
+            let row = crate::store::ConvRow {
+                id: id.clone(),
+                room: "support".into(),
+                status: ConvStatus::Queued,
+                customer: customer_user(i),
+                agent: None,
+                created_at: i as i64 * 10,
+                queued_at: i as i64 * 10,
+                last_seq: 0,
+                rated: false,
+                contact_email: None,
+            };
+            r.convs.insert(id.clone(), Conv::from_row(row));
+            r.rooms.get_mut("support").unwrap().queue.push_back(id.clone());
+            r.customers.entry(format!("v_{i}")).or_default().open.push(id);
+        }
+        r
+    }
+
+    fn queue(r: &Routing) -> Vec<String> {
+        r.rooms["support"].queue.iter().cloned().collect()
+    }
+
+    fn core(r: &Routing, cid: &str, status: ConvStatus, agent: Option<&str>, queued_at: Ts) -> ConvCore {
+        ConvCore {
+            status,
+            agent: agent.map(|a| r.agents[a].user.clone()),
+            queued_at,
+            room: "support".into(),
+            transferred_from: r.convs[cid].transferred_from.clone(),
+        }
+    }
+
+    #[test]
+    fn an_assignment_leaves_the_queue_loads_the_agent_and_notes_what_changed() {
+        let mut r = routing(3);
+        let new = core(&r, "c2", ConvStatus::Active, Some("a"), 20);
+        r.apply("c2", new, QueuePlace::Back);
+        assert_eq!(queue(&r), vec!["c1", "c3"]);
+        assert!(r.agents["a"].active.contains("c2"));
+        assert_eq!(r.convs["c2"].status, ConvStatus::Active);
+        assert_eq!(r.position_rooms.get("support"), Some(&1), "positions from index 1 on changed");
+        assert!(r.presence_agents.contains("a"), "the agent's load changed");
+    }
+
+    #[test]
+    fn a_close_frees_the_agent_and_the_customer_and_is_remembered_for_a_while() {
+        let mut r = routing(1);
+        r.apply("c1", core(&r, "c1", ConvStatus::Active, Some("a"), 10), QueuePlace::Back);
+        r.assign_rooms.clear();
+        r.apply("c1", core(&r, "c1", ConvStatus::Closed, Some("a"), 10), QueuePlace::Back);
+        assert!(r.agents["a"].active.is_empty());
+        assert!(r.assign_rooms.contains("support"), "a freed agent may take the next customer");
+        assert!(r.customers["v_1"].open.is_empty());
+        assert_eq!(r.closed_lru.iter().collect::<Vec<_>>(), vec!["c1"]);
+        assert!(r.convs.contains_key("c1"));
+    }
+
+    #[test]
+    fn returns_to_the_queue_go_to_the_front_back_or_where_their_time_puts_them() {
+        let mut r = routing(3);
+        r.apply("c1", core(&r, "c1", ConvStatus::Active, Some("a"), 10), QueuePlace::Back);
+        r.apply("c1", core(&r, "c1", ConvStatus::Queued, None, 5), QueuePlace::Front);
+        assert_eq!(queue(&r), vec!["c1", "c2", "c3"]);
+        r.apply("c2", core(&r, "c2", ConvStatus::Active, Some("a"), 20), QueuePlace::Back);
+        r.apply("c2", core(&r, "c2", ConvStatus::Queued, None, 99), QueuePlace::Back);
+        assert_eq!(queue(&r), vec!["c1", "c3", "c2"]);
+        // Reloaded with queue time 25: between c1 (5) and c3 (30).
+        r.apply("c2", core(&r, "c2", ConvStatus::Queued, None, 25), QueuePlace::ByTime);
+        assert_eq!(queue(&r), vec!["c1", "c2", "c3"]);
+        assert!(r.agents["a"].active.is_empty());
+    }
+
+    #[test]
+    fn closed_conversations_beyond_the_cache_are_forgotten_oldest_first() {
+        let mut r = routing(0);
+        for i in 0..(CLOSED_CACHE + 3) {
+            let id = format!("x{i}");
+            let row = crate::store::ConvRow {
+                id: id.clone(),
+                room: "support".into(),
+                status: ConvStatus::Queued,
+                customer: customer_user(i as u32),
+                agent: None,
+                created_at: 0,
+                queued_at: 0,
+                last_seq: 0,
+                rated: false,
+                contact_email: None,
+            };
+            r.convs.insert(id.clone(), Conv::from_row(row));
+            r.rooms.get_mut("support").unwrap().queue.push_back(id.clone());
+            let c = core(&r, &id, ConvStatus::Closed, None, 0);
+            r.apply(&id, c, QueuePlace::Back);
+        }
+        assert_eq!(r.closed_lru.len(), CLOSED_CACHE);
+        assert!(!r.convs.contains_key("x0") && !r.convs.contains_key("x2"));
+        assert!(r.convs.contains_key("x3"));
+        assert!(queue(&r).is_empty());
     }
 }

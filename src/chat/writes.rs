@@ -11,14 +11,10 @@ use crate::error::{ApiError, StoreError};
 use crate::protocol::{self, now_ms, ConvStatus, Message, MsgKind, Out, User};
 use crate::store::{Completion, ConvRow, Expect, NewMessage, WriteOp, WriteOutcome};
 use serde_json::json;
-use std::collections::HashMap;
 use std::time::Instant;
 
 /// Writes submitted and not yet committed before new ones are refused with `unavailable`.
 pub(super) const MAX_PENDING_WRITES: usize = 200_000;
-
-/// Closed conversations kept in memory for quick access (oldest evicted first).
-pub(super) const CLOSED_CACHE: usize = 10_000;
 
 impl ChatServer {
     /// Refuses new writes while too many are in flight (the store's queue stays bounded).
@@ -54,97 +50,6 @@ impl ChatServer {
         }
     }
 
-    /// Moves a conversation to a new state, keeping every index (room queues,
-    /// agent loads, customer's open list) in step. Called once the change is
-    /// committed (or to match what the store holds).
-    pub(super) fn apply_core(&mut self, cid: &str, new: ConvCore, place: QueuePlace) {
-        // Where its queue time puts it, among the others (for `ByTime`).
-        let by_time = match (place, new.status) {
-            (QueuePlace::ByTime, ConvStatus::Queued) => self.rooms.get(&new.room).map(|r| {
-                r.queue
-                    .iter()
-                    .filter(|c| c.as_str() != cid)
-                    .position(|c| self.convs.get(c).is_some_and(|c| c.queued_at > new.queued_at))
-                    .unwrap_or(r.queue.len().saturating_sub(usize::from(r.queue.iter().any(|c| c == cid))))
-            }),
-            _ => None,
-        };
-        let Some(conv) = self.convs.get_mut(cid) else { return };
-        let old = conv.core();
-        if old.status == ConvStatus::Queued {
-            if let Some(i) = self.rooms.get_mut(&old.room).and_then(|r| r.remove(cid)) {
-                mark_positions(&mut self.position_rooms, &old.room, i);
-            }
-        }
-        if old.status == ConvStatus::Active {
-            if let Some(a) = old.agent.as_ref().and_then(|a| self.agents.get_mut(&a.id)) {
-                a.active.remove(cid);
-                self.presence_agents.insert(a.user.id.clone());
-                self.assign_rooms.insert(old.room.clone());
-            }
-        }
-        conv.status = new.status;
-        conv.agent = new.agent.clone();
-        conv.room = new.room.clone();
-        conv.queued_at = new.queued_at;
-        conv.transferred_from = new.transferred_from;
-        match new.status {
-            ConvStatus::Queued => {
-                conv.pushed_position = None;
-                if let Some(r) = self.rooms.get_mut(&new.room) {
-                    let at = match place {
-                        QueuePlace::Back => {
-                            r.queue.push_back(cid.to_string());
-                            r.queue.len() - 1
-                        }
-                        QueuePlace::Front => {
-                            r.queue.push_front(cid.to_string());
-                            0
-                        }
-                        QueuePlace::ByTime => {
-                            let at = by_time.unwrap_or(r.queue.len()).min(r.queue.len());
-                            r.queue.insert(at, cid.to_string());
-                            at
-                        }
-                    };
-                    mark_positions(&mut self.position_rooms, &new.room, at);
-                }
-                self.assign_rooms.insert(new.room.clone());
-            }
-            ConvStatus::Active => {
-                conv.pushed_position = None;
-                if let Some(a) = new.agent.as_ref().and_then(|a| self.agents.get_mut(&a.id)) {
-                    a.active.insert(cid.to_string());
-                    self.tick += 1;
-                    a.last_assigned = self.tick;
-                    self.presence_agents.insert(a.user.id.clone());
-                }
-            }
-            ConvStatus::Closed => conv.pushed_position = None,
-        }
-        let customer = conv.customer.id.clone();
-        let c = self.customers.entry(customer).or_default();
-        if new.status == ConvStatus::Closed {
-            c.open.retain(|x| x != cid);
-            if old.status != ConvStatus::Closed {
-                self.closed_lru.push_back(cid.to_string());
-                self.evict_closed();
-            }
-        } else if !c.open.iter().any(|x| x == cid) {
-            c.open.push(cid.to_string());
-        }
-    }
-
-    pub(super) fn evict_closed(&mut self) {
-        while self.closed_lru.len() > CLOSED_CACHE {
-            if let Some(old) = self.closed_lru.pop_front() {
-                if self.convs.get(&old).is_some_and(|c| c.status == ConvStatus::Closed) {
-                    self.convs.remove(&old);
-                }
-            }
-        }
-    }
-
     /// A state change with its event message (PROTOCOL.md §8: every change
     /// writes an event).
     #[allow(clippy::too_many_arguments)]
@@ -159,7 +64,7 @@ impl ChatServer {
         body: String,
         reply: ReplyTo,
     ) {
-        let Some(conv) = self.convs.get(cid) else { return };
+        let Some(conv) = self.st.convs.get(cid) else { return };
         if conv.changing {
             // Requests wait for the change in flight (see `client_request`);
             // background work (assignment, sweeps) comes back to it later.
@@ -180,7 +85,7 @@ impl ChatServer {
         let queued_at = match (status, place) {
             (ConvStatus::Queued, QueuePlace::Back) => now,
             (ConvStatus::Queued, QueuePlace::Front) => {
-                let front = self.rooms.get(&room).and_then(|r| r.queue.front()).and_then(|c| self.convs.get(c));
+                let front = self.st.rooms.get(&room).and_then(|r| r.queue.front()).and_then(|c| self.st.convs.get(c));
                 front.map_or(before.queued_at, |f| before.queued_at.min(f.queued_at - 1))
             }
             _ => before.queued_at,
@@ -200,11 +105,11 @@ impl ChatServer {
             (Some(a), ConvStatus::Active) if before.agent.as_ref().map(|b| &b.id) != Some(&a.id) => Some(a.id.clone()),
             _ => None,
         };
-        let capacity = incoming.as_ref().map(|id| self.agents.get(id).map_or(u32::MAX, |a| a.max));
-        if let Some(a) = incoming.as_ref().and_then(|id| self.agents.get_mut(id)) {
+        let capacity = incoming.as_ref().map(|id| self.st.agents.get(id).map_or(u32::MAX, |a| a.max));
+        if let Some(a) = incoming.as_ref().and_then(|id| self.st.agents.get_mut(id)) {
             a.incoming.insert(cid.to_string());
         }
-        if let Some(c) = self.convs.get_mut(cid) {
+        if let Some(c) = self.st.convs.get_mut(cid) {
             c.changing = true;
         }
         let expect = Expect { status: before.status, agent: before.agent.as_ref().map(|a| a.id.clone()) };
@@ -225,10 +130,10 @@ impl ChatServer {
     /// A routing change of `cid` committed or was refused: requests that
     /// waited for it run now, and the assignee's reservation ends.
     pub(super) fn change_settled(&mut self, cid: &str, incoming: Option<&str>) {
-        if let Some(c) = self.convs.get_mut(cid) {
+        if let Some(c) = self.st.convs.get_mut(cid) {
             c.changing = false;
         }
-        if let Some(a) = incoming.and_then(|id| self.agents.get_mut(id)) {
+        if let Some(a) = incoming.and_then(|id| self.st.agents.get_mut(id)) {
             a.incoming.remove(cid);
         }
         if let Some(waiting) = self.deferred.remove(cid) {
@@ -239,7 +144,7 @@ impl ChatServer {
     /// Brings a conversation this node held stale in line with the store
     /// (after a refused change), then lets assignment choose again.
     pub(super) fn reconcile(&mut self, row: ConvRow) {
-        let Some(conv) = self.convs.get(&row.id) else { return };
+        let Some(conv) = self.st.convs.get(&row.id) else { return };
         if conv.changing {
             return; // a newer change is on its way; its outcome will tell
         }
@@ -250,8 +155,8 @@ impl ChatServer {
             room: row.room.clone(),
             transferred_from: conv.transferred_from.clone(),
         };
-        self.apply_core(&row.id, core, QueuePlace::ByTime);
-        if let Some(c) = self.convs.get_mut(&row.id) {
+        self.st.apply(&row.id, core, QueuePlace::ByTime);
+        if let Some(c) = self.st.convs.get_mut(&row.id) {
             c.last_seq = c.last_seq.max(row.last_seq);
             c.rated = row.rated;
         }
@@ -264,7 +169,7 @@ impl ChatServer {
                 exclude: None,
             });
         }
-        self.assign_rooms.insert(row.room);
+        self.st.assign_rooms.insert(row.room);
     }
 
     pub(super) fn complete(&mut self, c: Completion) {
@@ -285,14 +190,14 @@ impl ChatServer {
                 }
             }
             (Pending::Open { reply, conv }, Err(e)) => {
-                if let Some(c) = self.convs.remove(&conv) {
-                    if let Some(i) = self.rooms.get_mut(&c.room).and_then(|r| r.remove(&conv)) {
-                        mark_positions(&mut self.position_rooms, &c.room, i);
+                if let Some(c) = self.st.convs.remove(&conv) {
+                    if let Some(i) = self.st.rooms.get_mut(&c.room).and_then(|r| r.remove(&conv)) {
+                        mark_positions(&mut self.st.position_rooms, &c.room, i);
                     }
-                    if let Some(cu) = self.customers.get_mut(&c.customer.id) {
+                    if let Some(cu) = self.st.customers.get_mut(&c.customer.id) {
                         cu.open.retain(|x| *x != conv);
                     }
-                    if let Some(a) = c.agent.and_then(|a| self.agents.get_mut(&a.id)) {
+                    if let Some(a) = c.agent.and_then(|a| self.st.agents.get_mut(&a.id)) {
                         a.active.remove(&conv);
                     }
                 }
@@ -318,7 +223,7 @@ impl ChatServer {
                     ReplyTo::None => {}
                 }
                 if !duplicate {
-                    if let Some(c) = self.convs.get_mut(&message.conversation) {
+                    if let Some(c) = self.st.convs.get_mut(&message.conversation) {
                         c.last_seq = c.last_seq.max(message.seq);
                     }
                     self.publish(Effect::Message { message: message.clone(), also: None, exclude });
@@ -332,9 +237,9 @@ impl ChatServer {
             (Pending::Send { reply, .. }, Err(e)) => self.reply_error(reply, e.into()),
             (Pending::Change { reply, conv, new, place, also, incoming }, Ok(outcome)) => {
                 self.change_settled(&conv, incoming.as_deref());
-                self.apply_core(&conv, new, place);
+                self.st.apply(&conv, new, place);
                 // The snapshot's last_seq counts the change's own event.
-                if let (WriteOutcome::Appended { message, .. }, Some(c)) = (&outcome, self.convs.get_mut(&conv)) {
+                if let (WriteOutcome::Appended { message, .. }, Some(c)) = (&outcome, self.st.convs.get_mut(&conv)) {
                     c.last_seq = c.last_seq.max(message.seq);
                 }
                 let Some(snap) = self.snapshot(&conv) else { return };
@@ -344,7 +249,7 @@ impl ChatServer {
                     self.send(*sid, &f);
                     exclude = Some(*sid);
                 }
-                if let Some(c) = self.convs.get_mut(&conv) {
+                if let Some(c) = self.st.convs.get_mut(&conv) {
                     c.pushed_position = snap.queue_position;
                 }
                 let conversation = snap.clone();
@@ -379,7 +284,7 @@ impl ChatServer {
             }
             (Pending::Rate { reply, conv }, res) => match res {
                 Ok(WriteOutcome::Appended { message, .. }) => {
-                    if let Some(c) = self.convs.get_mut(&conv) {
+                    if let Some(c) = self.st.convs.get_mut(&conv) {
                         c.last_seq = c.last_seq.max(message.seq);
                     }
                     if let ReplyTo::Session { sid, r#ref } = reply {
@@ -396,7 +301,7 @@ impl ChatServer {
                 Ok(WriteOutcome::Done) => self.reply_error(reply, ApiError::internal()),
                 Err(e) => {
                     if !matches!(e, StoreError::Conflict(_)) {
-                        if let Some(c) = self.convs.get_mut(&conv) {
+                        if let Some(c) = self.st.convs.get_mut(&conv) {
                             c.rated = false;
                         }
                     }
@@ -409,7 +314,7 @@ impl ChatServer {
             (Pending::Read { .. }, Err(e)) => log::warn!("read marker not stored: {e}"),
             (Pending::Contact { reply, conv, email }, res) => match res {
                 Ok(_) => {
-                    if let Some(c) = self.convs.get_mut(&conv) {
+                    if let Some(c) = self.st.convs.get_mut(&conv) {
                         c.contact_email = Some(email);
                     }
                     if let ReplyTo::Session { sid, r#ref } = &reply {
@@ -473,10 +378,4 @@ pub(super) enum Pending {
         conv: String,
         email: String,
     },
-}
-
-/// Notes that positions in `room` changed from index `from` on.
-pub(super) fn mark_positions(dirty: &mut HashMap<String, usize>, room: &str, from: usize) {
-    let e = dirty.entry(room.to_string()).or_insert(from);
-    *e = (*e).min(from);
 }
