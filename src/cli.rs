@@ -61,5 +61,6 @@ fn admin(data: &crate::config::DataDirArg) -> Result<Box<dyn store::Admin>, Stri
         full_sync: true,
         fold_after: std::time::Duration::from_secs(4),
         cache_mib: 4,
+        database: data.database.clone(),
     })
 }

@@ -42,6 +42,9 @@ pub struct DataDirArg {
     /// Folder holding parley.db and the signing secret.
     #[arg(long, env = "PARLEY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of the SQLite file: postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "PARLEY_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,6 +242,8 @@ pub struct Config {
     pub sync_full: bool,
     pub fold_after: std::time::Duration,
     pub store_cache_mib: u32,
+    /// PostgreSQL URL (`--database`); None: SQLite in the data dir.
+    pub database: Option<String>,
     /// TCP gateway address, and whether it was asked for explicitly.
     pub tcp_listen: Option<(String, bool)>,
     /// Room -> bot account name.
@@ -411,6 +416,7 @@ impl Config {
             webhook_timeout_ms: a.webhook_timeout_ms,
             webhook_notes: a.webhook_notes,
             listen: a.listen,
+            database: a.data.database.filter(|d| !d.trim().is_empty()),
             data_dir: a.data.data_dir,
             rooms,
             manual_rooms,
@@ -450,6 +456,7 @@ impl Config {
             full_sync: self.sync_full,
             fold_after: self.fold_after,
             cache_mib: self.store_cache_mib,
+            database: self.database.clone(),
         }
     }
 

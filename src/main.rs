@@ -13,6 +13,8 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("parley: {e}");
-        std::process::exit(1);
+        // A database that cannot be used (bad URL, unreachable, login
+        // refused) is told apart from other errors: exit status 2.
+        std::process::exit(if e.starts_with("--database") { 2 } else { 1 });
     }
 }

@@ -45,7 +45,15 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let cfg = Arc::new(Config::from_args(args)?);
     // The store's writer must be the database's only writer (it keeps each
     // open conversation's seq and client ids in memory): one server per data dir.
-    let _lock = lock_data_dir(&cfg.data_dir)?;
+    // (PostgreSQL is shared by design: several nodes may use one database.)
+    let _lock = match cfg.database {
+        None => Some(lock_data_dir(&cfg.data_dir)?),
+        Some(_) => {
+            std::fs::create_dir_all(&cfg.data_dir)
+                .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+            None
+        }
+    };
     // Opened first: it folds what the last run logged and did not fold, so
     // the reads below see every message.
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -96,7 +104,11 @@ async fn serve(
     agents: Vec<crate::store::AgentRow>,
     open: Vec<crate::store::ConvRow>,
 ) -> Result<(), String> {
-    log::info!("loaded {} open conversations and {} agents from {}", open.len(), agents.len(), cfg.db_path().display());
+    let from = match &cfg.database {
+        Some(url) => format!("PostgreSQL ({})", crate::store::postgres::redact(url)),
+        None => cfg.db_path().display().to_string(),
+    };
+    log::info!("loaded {} open conversations and {} agents from {from}", open.len(), agents.len());
     // The ChatServer gets its own thread, apart from the HTTP workers.
     let arbiter = Arbiter::new();
     let webhooks = crate::webhooks::Webhooks::start(&cfg)?;

@@ -4,6 +4,8 @@
 //! the store must refuse (applying nothing) when their expectation no longer
 //! holds. Every test runs against each implementation `stores()` returns.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ struct Under {
     done: UnboundedReceiver<Vec<Completion>>,
     next: u64,
     _dir: tempfile::TempDir,
+    _db: Option<common::pg::TestDb>,
 }
 
 impl Under {
@@ -52,9 +55,19 @@ async fn stores() -> Vec<Under> {
         full_sync: true,
         fold_after: Duration::from_millis(50),
         cache_mib: 8,
+        database: None,
     };
     let sqlite = store::open(&cfg, tx).expect("open SQLite store");
-    vec![Under { name: "sqlite", store: sqlite, done, next: 0, _dir: dir }]
+    let mut all = vec![Under { name: "sqlite", store: sqlite, done, next: 0, _dir: dir, _db: None }];
+    // PostgreSQL: a fresh database for each test, dropped after it.
+    if let Some(db) = common::pg::TestDb::create() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (tx, done) = unbounded_channel();
+        let cfg = StoreConfig { data_dir: dir.path().to_path_buf(), database: Some(db.url.clone()), ..cfg };
+        let pg = tokio::task::block_in_place(|| store::open(&cfg, tx)).expect("open PostgreSQL store");
+        all.push(Under { name: "postgres", store: pg, done, next: 0, _dir: dir, _db: Some(db) });
+    }
+    all
 }
 
 fn customer(n: u32) -> User {
@@ -138,7 +151,7 @@ fn is_conflict(r: &Result<WriteOutcome, StoreError>) -> bool {
     matches!(r, Err(StoreError::Conflict(_)))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seqs_are_gapless_in_order_and_a_retry_returns_the_original() {
     for mut s in stores().await {
         let ann = customer(1);
@@ -161,7 +174,7 @@ async fn seqs_are_gapless_in_order_and_a_retry_returns_the_original() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_and_read_markers_only_move_forward() {
     for mut s in stores().await {
         let ann = customer(1);
@@ -184,7 +197,7 @@ async fn history_pages_and_read_markers_only_move_forward() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_conversations_refuse_texts_and_are_rated_once() {
     for mut s in stores().await {
         let ann = customer(1);
@@ -205,7 +218,7 @@ async fn closed_conversations_refuse_texts_and_are_rated_once() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_assignment_of_a_taken_conversation_is_refused_and_applies_nothing() {
     for mut s in stores().await {
         let ann = customer(1);
@@ -227,7 +240,7 @@ async fn a_second_assignment_of_a_taken_conversation_is_refused_and_applies_noth
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_past_the_agents_capacity_is_refused() {
     for mut s in stores().await {
         let bo = agent("a_bo");
@@ -246,7 +259,7 @@ async fn an_assignment_past_the_agents_capacity_is_refused() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_of_a_closed_conversation_is_refused_and_so_is_a_second_open_one() {
     for mut s in stores().await {
         let ann = customer(1);
@@ -262,4 +275,68 @@ async fn a_close_of_a_closed_conversation_is_refused_and_so_is_a_second_open_one
         // Closed, the customer may open again.
         s.write(WriteOp::CreateConversation(new_conv("c_3", &ann))).await.expect("a new one after the close");
     }
+}
+
+/// Two store instances (two pools, as two nodes have) on one PostgreSQL
+/// database append to the same conversations at once, each retrying some of
+/// the other's client ids: every seq is unique and gapless, every retry maps
+/// to the one original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_postgres_stores_append_to_the_same_conversations_without_gaps_or_duplicates() {
+    let Some(db) = common::pg::TestDb::create() else {
+        eprintln!("PARLEY_TEST_DATABASE=none: skipped");
+        return;
+    };
+    let open = || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (tx, done) = unbounded_channel();
+        let cfg = StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            full_sync: true,
+            fold_after: Duration::from_millis(50),
+            cache_mib: 8,
+            database: Some(db.url.clone()),
+        };
+        let store = tokio::task::block_in_place(|| store::open(&cfg, tx)).expect("open PostgreSQL store");
+        Under { name: "postgres", store, done, next: 0, _dir: dir, _db: None }
+    };
+    let (mut a, b) = (open(), open());
+    let convs = ["c_1", "c_2", "c_3"];
+    for (i, c) in convs.iter().enumerate() {
+        a.write(WriteOp::CreateConversation(new_conv(c, &customer(i as u32)))).await.expect("create");
+    }
+    const EACH: usize = 60;
+    let ann = customer(0);
+    // Both instances send the same client ids (k0..k59) for the same sender:
+    // one of each pair is stored, the other is its retry.
+    let run = |mut s: Under, tag: &'static str| {
+        let ann = ann.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..EACH {
+                let conv = convs[i % 3];
+                let r = s.write(WriteOp::Append(text(conv, &ann, &format!("k{i}"), tag))).await;
+                let (m, dup) = appended(r);
+                out.push((conv.to_string(), format!("k{i}"), m.id.clone(), m.seq, dup));
+            }
+            out
+        })
+    };
+    let (ra, rb) = tokio::join!(run(a, "from a"), run(b, "from b"));
+    let (ra, rb) = (ra.expect("instance a"), rb.expect("instance b"));
+    for (x, y) in ra.iter().zip(rb.iter()) {
+        assert_eq!((&x.0, &x.1), (&y.0, &y.1));
+        assert_eq!((&x.2, x.3), (&y.2, y.3), "both got the one original for {}", x.1);
+        assert!(x.4 != y.4, "exactly one of the two was a duplicate: {x:?} {y:?}");
+    }
+    let c = open();
+    for conv in convs {
+        let (msgs, more) = c.store.history(conv, 0, 500).await.expect("history");
+        assert!(!more);
+        let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=(EACH as u64 / 3)).collect::<Vec<_>>(), "{conv}: gapless and unique");
+        let row = c.conv(conv).await;
+        assert_eq!(row.last_seq, EACH as u64 / 3, "{conv}");
+    }
+    drop(c);
 }

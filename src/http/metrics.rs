@@ -4,7 +4,7 @@
 use super::AppState;
 use crate::chat::messages::GetStats;
 use actix_web::{web, HttpResponse};
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
 use std::sync::OnceLock;
 
 pub struct Counters {
@@ -18,6 +18,10 @@ pub struct Counters {
     pub sessions_jammed: IntCounter,
     pub store_commits: IntCounter,
     pub store_writes: IntCounter,
+    /// Time from a group's start to its commit, seconds.
+    store_commit_seconds: Histogram,
+    /// Writes per committed group.
+    store_commit_batch: Histogram,
     sessions: IntGauge,
     conversations_in_memory: IntGauge,
     queued: IntGauge,
@@ -31,6 +35,21 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric name");
     let _ = r.register(Box::new(c.clone()));
     c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    // Fixed names and increasing buckets: creation cannot fail.
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram");
+    let _ = r.register(Box::new(h.clone()));
+    h
+}
+
+impl Counters {
+    /// One committed group of `writes` writes that took `took`.
+    pub fn observe_commit(&self, took: std::time::Duration, writes: usize) {
+        self.store_commit_seconds.observe(took.as_secs_f64());
+        self.store_commit_batch.observe(writes as f64);
+    }
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -57,6 +76,18 @@ pub fn counters() -> &'static Counters {
             sessions_jammed: counter(&r, "parley_sessions_jammed_total", "Sessions closed with 4008 (queue overflow)"),
             store_commits: counter(&r, "parley_store_commits_total", "Store transactions committed (one fsync each)"),
             store_writes: counter(&r, "parley_store_writes_total", "Writes applied by the store, in its commits"),
+            store_commit_seconds: histogram(
+                &r,
+                "parley_store_commit_seconds",
+                "Time to apply and commit one group of writes",
+                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0],
+            ),
+            store_commit_batch: histogram(
+                &r,
+                "parley_store_commit_batch_size",
+                "Writes per committed group (group commit)",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            ),
             sessions: gauge(&r, "parley_sessions", "Registered sessions"),
             conversations_in_memory: gauge(&r, "parley_conversations_in_memory", "Conversations held in memory"),
             queued: gauge(&r, "parley_conversations_queued", "Conversations waiting in a queue"),

@@ -24,6 +24,7 @@
 //!   whatever their memory holds; the ChatServer changes its memory only
 //!   once a change commits, and reloads a conversation whose change was refused.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::error::StoreError;
@@ -214,6 +215,8 @@ pub struct StoreConfig {
     pub fold_after: std::time::Duration,
     /// Page cache of all the store's connections together, in MiB.
     pub cache_mib: u32,
+    /// `postgres://…` (`--database`): PostgreSQL instead of the SQLite file.
+    pub database: Option<String>,
 }
 
 /// Opens the configured store for a server; write completions go to `done`.
@@ -221,10 +224,29 @@ pub fn open(
     cfg: &StoreConfig,
     done: tokio::sync::mpsc::UnboundedSender<Vec<Completion>>,
 ) -> Result<Arc<dyn Store>, String> {
-    Ok(Arc::new(sqlite::SqliteStore::open(cfg, done)?))
+    match database_url(cfg)? {
+        Some(url) => Ok(Arc::new(postgres::PgStore::open(url, done)?)),
+        None => Ok(Arc::new(sqlite::SqliteStore::open(cfg, done)?)),
+    }
 }
 
 /// Opens the configured storage for account management.
 pub fn open_admin(cfg: &StoreConfig) -> Result<Box<dyn Admin>, String> {
-    Ok(Box::new(sqlite::SqliteAdmin::open(&cfg.data_dir)?))
+    match database_url(cfg)? {
+        Some(url) => Ok(Box::new(postgres::PgAdmin::open(url)?)),
+        None => Ok(Box::new(sqlite::SqliteAdmin::open(&cfg.data_dir)?)),
+    }
+}
+
+/// The PostgreSQL URL, if one is configured; an error for anything else.
+fn database_url(cfg: &StoreConfig) -> Result<Option<&str>, String> {
+    match cfg.database.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+        None => Ok(None),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok(Some(u)),
+        Some(u) => Err(format!(
+            "--database: `{}` is not a postgres:// URL (e.g. postgres://parley@db.example.com:5432/parley); \
+             leave it out to use SQLite in --data-dir",
+            postgres::redact(u)
+        )),
+    }
 }

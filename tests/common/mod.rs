@@ -4,6 +4,8 @@
 //! reqwest). Every wait has a timeout; nothing here can hang a test.
 #![allow(dead_code, clippy::result_large_err)]
 
+pub mod pg;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -78,6 +80,9 @@ impl Server {
         let mut cmd = Command::new(BIN);
         cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(dir.path()).args(args);
+        if let Some(url) = database_for(dir.path()).filter(|_| !args.contains(&"--database")) {
+            cmd.arg("--database").arg(url);
+        }
         for (flag, value) in DEFAULT_FLAGS {
             if !args.contains(flag) {
                 cmd.arg(flag).arg(value);
@@ -177,9 +182,36 @@ impl Drop for Server {
 // CLI
 // ---------------------------------------------------------------------------
 
-/// Run `parley ARGS --data-dir DIR`.
+/// Run `parley ARGS --data-dir DIR` (and `--database` when the suites run
+/// against PostgreSQL).
 pub fn cli(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).args(args).arg("--data-dir").arg(dir).stdin(Stdio::null()).output().expect("run parley CLI")
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).arg("--data-dir").arg(dir);
+    if let Some(url) = database_for(dir).filter(|_| !args.contains(&"--database")) {
+        cmd.arg("--database").arg(url);
+    }
+    cmd.stdin(Stdio::null()).output().expect("run parley CLI")
+}
+
+/// With `PARLEY_TEST_STORE=postgres` the black-box suites run against
+/// PostgreSQL: each data dir gets a database of its own, made on first use
+/// and remembered in the dir (so a restart finds it). They are named with
+/// `PARLEY_TEST_DB_PREFIX`, and scripts/test drops them all after the run.
+pub fn database_for(dir: &Path) -> Option<String> {
+    if std::env::var("PARLEY_TEST_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let file = dir.join("test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(url);
+    }
+    let db = pg::TestDb::create()?;
+    let url = db.url.clone();
+    // Kept past this process: the run's cleanup drops it by its prefix.
+    std::mem::forget(db);
+    std::fs::create_dir_all(dir).expect("create data dir");
+    std::fs::write(&file, &url).expect("remember the test database");
+    Some(url)
 }
 
 pub fn add_agent(dir: &Path, name: &str, pw: &str, max_active: u32) {

@@ -105,11 +105,13 @@ pub(super) fn writer_loop(
         // (An idle fold takes no writes.)
         let gather = (first.is_some() && last_group > 1).then(|| std::time::Instant::now() + GATHER);
         let mut writer = Writer { conn: &mut conn, seqs: &mut seqs, log: &mut log, tails: &tails };
+        let started = std::time::Instant::now();
         let completions = writer.commit_group(first, &rx, gather);
         last_group = completions.len();
         let c = crate::http::metrics::counters();
         c.store_commits.inc();
         c.store_writes.inc_by(last_group as u64);
+        c.observe_commit(started.elapsed(), last_group);
         if !completions.is_empty() && done.send(completions).is_err() {
             break; // the server is gone
         }
