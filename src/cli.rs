@@ -64,3 +64,29 @@ fn admin(data: &crate::config::DataDirArg) -> Result<Box<dyn store::Admin>, Stri
         database: data.database.clone(),
     })
 }
+
+/// `parley migrate --from-sqlite FILE --database URL`.
+pub fn migrate(from: &std::path::Path, database: &str) -> Result<(), String> {
+    if !(database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+        return Err("--database: give the PostgreSQL database to copy into (postgres://USER@HOST:PORT/DB)".into());
+    }
+    let dump = store::sqlite::export(from)?;
+    println!(
+        "read {} agents, {} conversations, {} messages, {} read markers from {}",
+        dump.agents.len(),
+        dump.conversations.len(),
+        dump.messages.len(),
+        dump.read_markers.len(),
+        from.display()
+    );
+    let n = store::postgres::import(database, &dump)?;
+    println!(
+        "copied {} agents, {} conversations, {} messages, {} read markers into {}",
+        n.agents,
+        n.conversations,
+        n.messages,
+        n.read_markers,
+        store::postgres::redact(database)
+    );
+    Ok(())
+}

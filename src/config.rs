@@ -30,6 +30,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default when no command is given).
     Serve(Box<ServeArgs>),
+    /// Copy a single node's SQLite data into an empty PostgreSQL database
+    /// (agents, conversations, messages, read markers, ratings), in one
+    /// transaction; the counts are checked before it commits.
+    Migrate {
+        /// The SQLite database to copy (DATA_DIR/parley.db); its server must be stopped.
+        #[arg(long)]
+        from_sqlite: PathBuf,
+        /// The PostgreSQL database to copy into: postgres://USER@HOST:PORT/DB (must be empty).
+        #[arg(long, env = "PARLEY_DATABASE", hide_env_values = true)]
+        database: String,
+    },
     /// Manage agent accounts.
     Agent {
         #[command(subcommand)]

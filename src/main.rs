@@ -10,6 +10,7 @@ fn main() {
         None => parley::serve::run(cli.serve),
         Some(Command::Serve(args)) => parley::serve::run(*args),
         Some(Command::Agent { command }) => parley::cli::agent(command),
+        Some(Command::Migrate { from_sqlite, database }) => parley::cli::migrate(&from_sqlite, &database),
     };
     if let Err(e) = result {
         eprintln!("parley: {e}");

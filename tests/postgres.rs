@@ -182,3 +182,91 @@ async fn while_postgres_is_unreachable_writes_are_unavailable_and_service_return
     drop(srv);
     drop(db);
 }
+
+/// Every conversation's history as an agent reads it over HTTP, and the
+/// conversation list: what a migration must keep.
+async fn everything(srv: &Server, token: &str) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let (status, list) = get_json(srv, "/api/conversations?limit=500", Some(token)).await;
+    assert_eq!(status, 200, "{list}");
+    let mut list: Vec<serde_json::Value> = list.as_array().expect("list").clone();
+    list.sort_by_key(|c| c["id"].as_str().unwrap_or("").to_string());
+    let mut histories = Vec::new();
+    for c in &list {
+        let id = str_of(c, "id");
+        let (status, page) = get_json(srv, &format!("/api/conversations/{id}/messages?limit=500"), Some(token)).await;
+        assert_eq!(status, 200, "{page}");
+        histories.push(page);
+    }
+    (list, histories)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_a_sqlite_node_into_postgres_with_the_same_history() {
+    let Some(db) = pg::TestDb::create() else { return };
+    const SECRET: &str = "a-shared-signing-secret-0123456789";
+    let dir = data_dir();
+    add_agent(dir.path(), "bo", "pw-bo-1", 5);
+    let mut srv = Server::start_in(&dir, &["--secret", SECRET, "--database", ""]);
+    let mut bo = Client::agent_in(&srv, "bo", "pw-bo-1", "support").await;
+    // Closed and rated, with a note and read marks.
+    let mut ann = Client::customer(&srv, "Ann").await;
+    let ann_token = ann.token.clone().expect("token");
+    let closed = ann.open_assigned("support").await;
+    let closed = str_of(&closed, "id").to_string();
+    let a1 = ann.say(&closed, "a1", "我的订单还没到").await;
+    bo.say(&closed, "b1", "Let me check 🙂").await;
+    bo.note(&closed, "n1", "internal: order 77 stuck").await;
+    bo.send_json(&json!({"type":"read","conversation":closed,"seq":u64_of(&a1, "seq")})).await;
+    ann.call(json!({"type":"close","conversation":closed}), "conversation").await;
+    ann.call(json!({"type":"rate","conversation":closed,"score":4,"comment":"quick, thanks"}), "ack").await;
+    // Active.
+    let mut cy = Client::customer(&srv, "Cy").await;
+    let active = str_of(&cy.open_assigned("support").await, "id").to_string();
+    cy.say(&active, "c1", "hello?").await;
+    // Queued, with a contact address (bo is full? no: bo goes away first).
+    bo.call(json!({"type":"status","availability":"away"}), "ack").await;
+    let mut dee = Client::customer(&srv, "Dee").await;
+    let queued = str_of(&dee.open("support").await, "id").to_string();
+    dee.say(&queued, "d1", "anyone?").await;
+    dee.call(json!({"type":"contact","conversation":queued,"email":"dee@example.com"}), "ack").await;
+    dee.settle(Duration::from_millis(200)).await;
+    let token = login(&srv, "bo", "pw-bo-1").await;
+    let before = everything(&srv, &token).await;
+    assert_eq!(before.0.len(), 3);
+    srv.kill9();
+
+    let out = std::process::Command::new(BIN)
+        .args(["migrate", "--from-sqlite"])
+        .arg(dir.path().join("parley.db"))
+        .args(["--database", &db.url])
+        .output()
+        .expect("run parley migrate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("copied 1 agents, 3 conversations"), "{said}");
+
+    // A node on PostgreSQL serves the same history, to the same credentials.
+    let pg_dir = data_dir();
+    let srv = Server::start_in(&pg_dir, &["--secret", SECRET, "--database", &db.url]);
+    let token = login(&srv, "bo", "pw-bo-1").await;
+    let after = everything(&srv, &token).await;
+    assert_eq!(after.0, before.0, "the conversation list");
+    assert_eq!(after.1, before.1, "every history");
+    let mut ann = Client::customer_with_token(&srv, "Ann", &ann_token).await;
+    let h = ann.sync(&closed, 0, None).await;
+    assert!(h["messages"].as_array().unwrap().iter().all(|m| m["kind"] != "note"), "no notes for customers: {h}");
+    assert!(h["reads"].as_array().unwrap().iter().any(|r| r["seq"] == a1["seq"]), "read marks kept: {h}");
+    ann.call_err(json!({"type":"rate","conversation":closed,"score":5}), "conflict").await;
+
+    // A second copy into a database that is no longer empty is refused.
+    let out = std::process::Command::new(BIN)
+        .args(["migrate", "--from-sqlite"])
+        .arg(dir.path().join("parley.db"))
+        .args(["--database", &db.url])
+        .output()
+        .expect("run parley migrate");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"), "{out:?}");
+    drop(srv);
+    drop(db);
+}

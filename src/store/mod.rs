@@ -250,3 +250,24 @@ fn database_url(cfg: &StoreConfig) -> Result<Option<&str>, String> {
         )),
     }
 }
+
+/// Everything a data dir holds, for `parley migrate` (SQLite to PostgreSQL).
+#[derive(Debug, Default)]
+pub struct Dump {
+    /// Accounts, with their creation time (Unix ms).
+    pub agents: Vec<(AgentRow, Ts)>,
+    pub conversations: Vec<DumpConv>,
+    /// Every message, note and event, by conversation then seq.
+    pub messages: Vec<Message>,
+    /// (conversation, user, seq).
+    pub read_markers: Vec<(String, String, u64)>,
+}
+
+/// A conversation with the fields only a full copy needs.
+#[derive(Debug, Clone)]
+pub struct DumpConv {
+    pub row: ConvRow,
+    pub closed_at: Option<Ts>,
+    pub rating: Option<i64>,
+    pub rating_comment: Option<String>,
+}

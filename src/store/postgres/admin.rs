@@ -132,3 +132,132 @@ impl Admin for PgAdmin {
         })
     }
 }
+
+/// What `import` copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub agents: usize,
+    pub conversations: usize,
+    pub messages: usize,
+    pub read_markers: usize,
+}
+
+/// Copies a dump into an empty PostgreSQL database in one transaction,
+/// checks the counts before committing, and refuses a database that holds
+/// any agent, conversation or message already.
+pub fn import(url: &str, dump: &crate::store::Dump) -> Result<Imported, String> {
+    let admin = PgAdmin::open(url)?;
+    let pool = admin.pool.clone();
+    let want = Imported {
+        agents: dump.agents.len(),
+        conversations: dump.conversations.len(),
+        messages: dump.messages.len(),
+        read_markers: dump.read_markers.len(),
+    };
+    // The dump is moved into the runtime's task by reference through a scope-free copy.
+    let agents = dump.agents.clone();
+    let convs = dump.conversations.clone();
+    let msgs = dump.messages.clone();
+    let marks = dump.read_markers.clone();
+    admin.run(async move {
+        let e = |e: tokio_postgres::Error| format!("cannot copy into the database: {e}");
+        let mut c = pool.get().await.map_err(|e| format!("cannot reach the database: {e}"))?;
+        let tx = c.transaction().await.map_err(e)?;
+        let held: i64 = tx
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM agents) + (SELECT COUNT(*) FROM conversations) + (SELECT COUNT(*) FROM messages)",
+                &[],
+            )
+            .await
+            .map_err(e)?
+            .get(0);
+        if held > 0 {
+            return Err("--database: the target database is not empty; migrate into an empty one".into());
+        }
+        for (a, created_at) in &agents {
+            tx.execute(
+                "INSERT INTO agents (id, name, password_hash, max_active, bot, created_at, tokens_after)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&a.id, &a.name, &a.password_hash, &a.max_active.map(|m| m as i32), &a.bot, created_at, &(a.tokens_after as i64)],
+            )
+            .await
+            .map_err(e)?;
+        }
+        for d in &convs {
+            let r = &d.row;
+            tx.execute(
+                "INSERT INTO conversations (id, room, status, customer_id, customer_name, agent_id, agent_name,
+                 created_at, queued_at, last_seq, closed_at, rating, rating_comment, contact_email)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                &[
+                    &r.id,
+                    &r.room,
+                    &r.status.as_str(),
+                    &r.customer.id,
+                    &r.customer.name,
+                    &r.agent.as_ref().map(|a| &a.id),
+                    &r.agent.as_ref().map(|a| &a.name),
+                    &r.created_at,
+                    &r.queued_at,
+                    &(r.last_seq as i64),
+                    &d.closed_at,
+                    &d.rating.map(|x| x as i32),
+                    &d.rating_comment,
+                    &r.contact_email,
+                ],
+            )
+            .await
+            .map_err(e)?;
+        }
+        let insert = tx
+            .prepare(&format!(
+                "INSERT INTO messages ({MSG_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .await
+            .map_err(e)?;
+        for m in &msgs {
+            let event = m.event.as_ref().map(|v| v.to_string());
+            tx.execute(
+                &insert,
+                &[
+                    &m.conversation,
+                    &(m.seq as i64),
+                    &m.id,
+                    &m.ts,
+                    &m.from.id,
+                    &m.from.role.as_str(),
+                    &m.from.name,
+                    &m.kind.as_str(),
+                    &m.body,
+                    &m.client_id,
+                    &event,
+                ],
+            )
+            .await
+            .map_err(e)?;
+        }
+        for (conv, user, seq) in &marks {
+            tx.execute(
+                "INSERT INTO read_markers (conversation_id, user_id, seq) VALUES ($1, $2, $3)",
+                &[conv, user, &(*seq as i64)],
+            )
+            .await
+            .map_err(e)?;
+        }
+        let count = |sql: &'static str| {
+            let tx = &tx;
+            async move { tx.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0) as usize) }
+        };
+        let got = Imported {
+            agents: count("SELECT COUNT(*) FROM agents").await.map_err(e)?,
+            conversations: count("SELECT COUNT(*) FROM conversations").await.map_err(e)?,
+            messages: count("SELECT COUNT(*) FROM messages").await.map_err(e)?,
+            read_markers: count("SELECT COUNT(*) FROM read_markers").await.map_err(e)?,
+        };
+        if got != want {
+            return Err(format!("the copy does not add up ({got:?} copied, {want:?} read); nothing was committed"));
+        }
+        tx.commit().await.map_err(e)?;
+        Ok(got)
+    })
+}

@@ -17,7 +17,7 @@ mod admin;
 mod schema;
 mod writer;
 
-pub use admin::PgAdmin;
+pub use admin::{import, Imported, PgAdmin};
 use schema::*;
 
 use super::*;

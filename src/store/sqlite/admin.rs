@@ -82,3 +82,53 @@ impl Admin for SqliteAdmin {
         }
     }
 }
+
+/// Reads a whole SQLite database for `parley migrate`, after folding what its
+/// message log still holds. The data dir must not be in use by a server.
+pub fn export(db: &Path) -> Result<Dump, String> {
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !db.exists() {
+        return Err(format!("--from-sqlite: no database at {}", db.display()));
+    }
+    let lock =
+        std::fs::File::create(dir.join("parley.lock")).map_err(|e| format!("cannot lock {}: {e}", dir.display()))?;
+    if lock.try_lock().is_err() {
+        return Err(format!("a parley server is using {}: stop it first", dir.display()));
+    }
+    let mut conn = open_db(dir)?;
+    fold_log(&mut conn)?;
+    let e = |e: rusqlite::Error| format!("cannot read {}: {e}", db.display());
+    let mut dump = Dump::default();
+    let mut q = conn
+        .prepare("SELECT id, name, password_hash, max_active, bot, tokens_after, created_at FROM agents ORDER BY name")
+        .map_err(e)?;
+    dump.agents = q
+        .query_map([], |r| Ok((agent_from_row(r)?, r.get::<_, i64>(6)?)))
+        .map_err(e)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(e)?;
+    let mut q = conn
+        .prepare(&format!("SELECT {CONV_COLS}, closed_at, rating_comment FROM conversations ORDER BY created_at"))
+        .map_err(e)?;
+    dump.conversations = q
+        .query_map([], |r| {
+            Ok(DumpConv {
+                row: conv_from_row(r)?,
+                rating: r.get(10)?,
+                closed_at: r.get(12)?,
+                rating_comment: r.get(13)?,
+            })
+        })
+        .map_err(e)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(e)?;
+    let mut q = conn.prepare(&format!("SELECT {MSG_COLS} FROM messages ORDER BY conversation_id, seq")).map_err(e)?;
+    dump.messages = q.query_map([], message_from_row).map_err(e)?.collect::<rusqlite::Result<_>>().map_err(e)?;
+    let mut q = conn.prepare("SELECT conversation_id, user_id, seq FROM read_markers").map_err(e)?;
+    dump.read_markers = q
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
+        .map_err(e)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(e)?;
+    Ok(dump)
+}

@@ -21,7 +21,7 @@ mod reads;
 mod schema;
 mod writer;
 
-pub use admin::SqliteAdmin;
+pub use admin::{export, SqliteAdmin};
 use apply::*;
 use msglog::*;
 use reads::*;
