@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 
-NAMES = {"parley": "Parley", "socketio": "Socket.IO 4", "relay": "floor relay", "relay-ack": "floor relay + acks"}
+NAMES = {"parley": "Parley", "parley-pg": "Parley on PostgreSQL", "socketio": "Socket.IO 4", "relay": "floor relay", "relay-ack": "floor relay + acks"}
 
 COMMANDS = """## Commands
 
