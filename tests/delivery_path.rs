@@ -14,9 +14,11 @@ use serde_json::{json, Value};
 const BO: (&str, &str, u32) = ("bo", "pw-bo-1", 5);
 const CY: (&str, &str, u32) = ("cy", "pw-cy-1", 5);
 
-/// A customer and two agents in support do one of everything that fans out;
+/// A customer and two agents in support do one of everything that fans out,
+/// while another customer has the widget open without a conversation;
 /// returns the frame types each of the others received unasked.
-async fn fan_out_seen(srv: &Server) -> (Vec<String>, Vec<String>) {
+async fn fan_out_seen(srv: &Server) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut idle = Client::customer(srv, "Idle").await;
     let mut bo = Client::agent_in(srv, BO.0, BO.1, "support").await;
     let mut cy = Client::agent(srv, CY.0, CY.1).await;
     cy.call(json!({"type":"status","availability":"away"}), "ack").await;
@@ -41,6 +43,8 @@ async fn fan_out_seen(srv: &Server) -> (Vec<String>, Vec<String>) {
     bo.call(json!({"type":"status","availability":"away"}), "ack").await; // presence
     ann.settle(Duration::from_millis(400)).await;
     bo.settle(Duration::from_millis(100)).await;
+    // Room status is told at most once a second per room.
+    idle.settle(Duration::from_millis(1300)).await;
     let unasked = |c: &Client| -> Vec<String> {
         let mut t: Vec<String> = c
             .seen(|f: &Value| f["ref"].is_null() && f["type"] != "welcome")
@@ -51,7 +55,7 @@ async fn fan_out_seen(srv: &Server) -> (Vec<String>, Vec<String>) {
         t.dedup();
         t
     };
-    (unasked(&ann), unasked(&bo))
+    (unasked(&ann), unasked(&bo), unasked(&idle))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,16 +64,18 @@ async fn with_a_backplane_that_loses_everything_only_direct_replies_arrive() {
     add_agent(dir.path(), BO.0, BO.1, BO.2);
     add_agent(dir.path(), CY.0, CY.1, CY.2);
     let srv = Server::start_with_env(&dir, &[], &[("PARLEY_TEST_BACKPLANE", "lossy")]);
-    let (ann, bo) = fan_out_seen(&srv).await;
+    let (ann, bo, idle) = fan_out_seen(&srv).await;
     assert!(ann.is_empty(), "the customer got {ann:?} past a backplane that loses everything");
     assert!(bo.is_empty(), "the agent got {bo:?} past a backplane that loses everything");
+    assert!(idle.is_empty(), "the idle customer got {idle:?} past a backplane that loses everything");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_in_process_backplane_every_kind_of_effect_arrives() {
     let srv = Server::with_agents(&[BO, CY], &[]);
-    let (ann, bo) = fan_out_seen(&srv).await;
-    for t in ["conversation", "message", "read", "room_status"] {
+    let (ann, bo, idle) = fan_out_seen(&srv).await;
+    assert_eq!(idle, vec!["room_status"], "a widget with no conversation hears the room go offline");
+    for t in ["conversation", "message", "read"] {
         assert!(ann.iter().any(|x| x == t), "the customer got {ann:?}, no {t}");
     }
     for t in ["conversation", "message", "typing", "read", "presence"] {

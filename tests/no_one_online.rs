@@ -100,3 +100,20 @@ async fn embed_check_tells_a_page_whether_its_origin_may_connect() {
     let refused = Client::connect_with_headers(&srv, &[("Origin", "https://evil.example")]).await;
     assert!(refused.is_err(), "the upgrade itself is refused, as embed-check said");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_flapping_between_away_and_online_does_not_flood_customers() {
+    let srv = Server::with_agents(&[BO], &[]);
+    let mut idle = Client::customer(&srv, "Idle").await;
+    let mut bo = Client::agent_in(&srv, BO.0, BO.1, "support").await;
+    for _ in 0..15 {
+        bo.call(json!({"type":"status","availability":"away"}), "ack").await;
+        bo.call(json!({"type":"status","availability":"online"}), "ack").await;
+    }
+    bo.call(json!({"type":"status","availability":"away"}), "ack").await;
+    idle.settle(Duration::from_millis(2500)).await;
+    let told: Vec<bool> =
+        idle.seen(|f| f["type"] == "room_status").iter().map(|f| f["online"].as_bool().unwrap_or(true)).collect();
+    assert!(told.len() <= 4, "31 changes in well under a second were told {} times: {told:?}", told.len());
+    assert_eq!(told.last(), Some(&false), "the last word is the state as it is: {told:?}");
+}

@@ -8,7 +8,7 @@
 use super::messages::Outbound;
 use super::server::ChatServer;
 use crate::backplane::Effect;
-use crate::protocol::{Encoded, Out, Role};
+use crate::protocol::{ConvStatus, Encoded, Out, Role};
 use actix::dev::SendError;
 use std::sync::atomic::Ordering;
 
@@ -54,8 +54,25 @@ impl ChatServer {
                 (sids.unwrap_or_default(), Out::Presence(&presence).encode(), exclude)
             }
             Effect::RoomStatus { room, online } => {
-                let sids =
-                    self.sessions.iter().filter(|(_, s)| s.user.role == Role::Customer).map(|(sid, _)| *sid).collect();
+                // Customers it concerns: those waiting in that room, and those
+                // with no conversation open yet (a widget that may open one).
+                let sids = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.user.role == Role::Customer)
+                    .filter(|(_, s)| {
+                        self.st.customers.get(&s.user.id).is_none_or(|c| {
+                            c.open.is_empty()
+                                || c.open.iter().any(|id| {
+                                    self.st
+                                        .convs
+                                        .get(id)
+                                        .is_some_and(|v| v.room == room && v.status == ConvStatus::Queued)
+                                })
+                        })
+                    })
+                    .map(|(sid, _)| *sid)
+                    .collect();
                 (sids, Out::RoomStatus { room: &room, online }.encode(), None)
             }
         };

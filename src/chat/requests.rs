@@ -383,6 +383,7 @@ impl ChatServer {
             Out::Room { r#ref: r#ref.as_deref(), room: &room, queue: &queue, queue_total, agents: &agents }.encode();
         self.send(sid, &f);
         if newly_present {
+            self.room_status_dirty = true;
             if let Some(presence) = self.st.agents.get(&who.user.id).map(|a| a.presence(&room, true)) {
                 self.publish(Effect::Presence { presence, exclude: Some(sid) });
             }

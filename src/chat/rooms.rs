@@ -6,6 +6,11 @@ use super::server::*;
 use super::state::*;
 use crate::backplane::Effect;
 use crate::protocol::{Availability, RoomInfo};
+use actix::{AsyncContext, Context};
+use std::time::{Duration, Instant};
+
+/// Shortest time between two `room_status` broadcasts of one room.
+pub(super) const ROOM_STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Most queue-position changes in one step that are also pushed to the room's agents.
 pub(super) const POSITION_PUSHES_TO_AGENTS: usize = 100;
@@ -30,24 +35,38 @@ impl ChatServer {
             .collect()
     }
 
-    /// Tells every customer session when a room goes from nobody online to
-    /// somebody, or back (the widget offers to leave a message meanwhile).
-    pub(super) fn tell_room_status(&mut self) {
+    /// Tells customers when a room goes from nobody online to somebody, or
+    /// back (the widget offers to leave a message meanwhile): at most once
+    /// per [`ROOM_STATUS_EVERY`] per room, with the state as it is then, so an
+    /// agent flapping between away and online cannot flood every customer.
+    pub(super) fn tell_room_status(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
         let changed: Vec<(String, bool)> = self
             .st
             .rooms
             .iter()
+            .filter(|(_, r)| !r.status_pending)
             .map(|(name, r)| (name.clone(), r.online_told, self.room_online(r)))
-            .filter(|(_, told, now)| told != now)
-            .map(|(name, _, now)| (name, now))
+            .filter(|(_, told, online)| told != online)
+            .map(|(name, _, online)| (name, online))
             .collect();
-        if changed.is_empty() {
-            return;
-        }
         for (name, online) in changed {
-            if let Some(r) = self.st.rooms.get_mut(&name) {
-                r.online_told = online;
+            let Some(r) = self.st.rooms.get_mut(&name) else { continue };
+            let wait =
+                r.status_sent_at.map_or(Duration::ZERO, |t| (t + ROOM_STATUS_EVERY).saturating_duration_since(now));
+            if !wait.is_zero() {
+                r.status_pending = true;
+                ctx.run_later(wait, move |act, ctx| {
+                    if let Some(r) = act.st.rooms.get_mut(&name) {
+                        r.status_pending = false;
+                    }
+                    act.room_status_dirty = true;
+                    act.finish(ctx);
+                });
+                continue;
             }
+            r.online_told = online;
+            r.status_sent_at = Some(now);
             self.publish(Effect::RoomStatus { room: name, online });
         }
     }

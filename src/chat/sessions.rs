@@ -73,6 +73,7 @@ impl ChatServer {
             None => false,
         };
         if gone {
+            self.room_status_dirty = true;
             if let Some(presence) = self.st.agents.get(agent_id).map(|a| a.presence(room, false)) {
                 self.publish(Effect::Presence { presence, exclude: None });
             }

@@ -102,6 +102,10 @@ pub struct Room {
     pub agents: HashMap<String, u32>,
     /// Whether anyone was online to answer, as last told to customers.
     pub online_told: bool,
+    /// When customers were last told (see `ROOM_STATUS_EVERY`).
+    pub status_sent_at: Option<std::time::Instant>,
+    /// A later telling is scheduled.
+    pub status_pending: bool,
 }
 
 impl Room {
