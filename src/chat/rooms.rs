@@ -25,13 +25,16 @@ impl ChatServer {
             .any(|a| a.availability == Availability::Online && !a.sessions.is_empty())
     }
 
-    /// The rooms as `welcome` lists them.
+    /// The rooms as `welcome` lists them: whether anyone is online as
+    /// customers were last told (so a client that connects while a telling
+    /// waits out [`ROOM_STATUS_EVERY`] hears the same as everyone, and the
+    /// next `room_status` brings it up to date).
     pub(super) fn room_infos(&self) -> Vec<RoomInfo> {
         self.cfg
             .rooms
             .iter()
             .filter_map(|name| self.st.rooms.get(name).map(|r| (name, r)))
-            .map(|(name, r)| RoomInfo { name: name.clone(), manual: r.manual, online: self.room_online(r) })
+            .map(|(name, r)| RoomInfo { name: name.clone(), manual: r.manual, online: r.online_told })
             .collect()
     }
 
