@@ -14,6 +14,11 @@
 //!   committed;
 //! - an assignment also locks the agent's row, then counts the agent's
 //!   active conversations as committed.
+//!
+//! A group costs a handful of statements whatever its size: the row locks,
+//! the retries' originals, the new messages and the conversations' last
+//! seqs each go in one statement (arrays through `UNNEST`); only routing
+//! changes, ratings and contacts take statements of their own.
 
 use super::schema::*;
 use super::{unavailable, QUERY_TIMEOUT};
@@ -101,7 +106,7 @@ async fn apply_all(
     let mut ids: Vec<String> = ops.iter().filter_map(|(_, op)| conversation_of(op)).map(String::from).collect();
     ids.sort();
     ids.dedup();
-    let mut locked: HashMap<String, Locked> = HashMap::new();
+    let mut g = Group::default();
     if !ids.is_empty() {
         let rows = tx
             .query(
@@ -112,7 +117,7 @@ async fn apply_all(
             .await?;
         for r in rows {
             let status: String = r.get(1);
-            locked.insert(
+            g.locked.insert(
                 r.get(0),
                 Locked {
                     status: ConvStatus::parse(&status).unwrap_or(ConvStatus::Closed),
@@ -124,14 +129,87 @@ async fn apply_all(
             );
         }
     }
+    // The originals of retries, in one query (read under the rows' locks,
+    // so nothing another writer commits later can be missed).
+    let (mut convs, mut senders, mut cids) = (Vec::new(), Vec::new(), Vec::new());
+    for (_, op) in ops {
+        if let WriteOp::Append(NewMessage { conversation, from, client_id: Some(c), .. }) = op {
+            convs.push(conversation.as_str());
+            senders.push(from.id.as_str());
+            cids.push(c.as_str());
+        }
+    }
+    if !convs.is_empty() {
+        let sql = format!(
+            "SELECT {MSG_COLS} FROM messages WHERE (conversation_id, sender_id, client_id) IN
+             (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]))"
+        );
+        for row in tx.query(&sql, &[&convs, &senders, &cids]).await? {
+            let m = message_from_row(&row);
+            if let Some(c) = m.client_id.clone() {
+                g.originals.insert((m.conversation.clone(), m.from.id.clone(), c), Arc::new(m));
+            }
+        }
+    }
     let mut out = Vec::with_capacity(ops.len());
     for (_, op) in ops {
-        out.push(apply(tx, &mut locked, op).await?);
+        out.push(apply(tx, &mut g, op).await?);
     }
-    for (id, c) in locked.iter().filter(|(_, c)| c.dirty) {
-        tx.execute("UPDATE conversations SET last_seq = $2 WHERE id = $1", &[id, &(c.last_seq as i64)]).await?;
+    insert_messages(tx, &g.new).await?;
+    let (ids, seqs): (Vec<&str>, Vec<i64>) =
+        g.locked.iter().filter(|(_, c)| c.dirty).map(|(id, c)| (id.as_str(), c.last_seq as i64)).unzip();
+    if !ids.is_empty() {
+        tx.execute(
+            "UPDATE conversations c SET last_seq = v.seq FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS v(id, seq)
+             WHERE c.id = v.id",
+            &[&ids, &seqs],
+        )
+        .await?;
     }
     Ok(out)
+}
+
+/// What one group knows while it applies its writes.
+#[derive(Default)]
+struct Group {
+    /// The conversations it changes, under their row locks.
+    locked: HashMap<String, Locked>,
+    /// Originals of retries: (conversation, sender, client id).
+    originals: HashMap<(String, String, String), Arc<Message>>,
+    /// Messages this group adds, inserted together before it commits.
+    new: Vec<Arc<Message>>,
+}
+
+/// Inserts a group's new messages with one statement.
+async fn insert_messages(tx: &Transaction<'_>, msgs: &[Arc<Message>]) -> Result<()> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let n = msgs.len();
+    let (mut conv, mut seq, mut id, mut ts) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut sid, mut role, mut name, mut kind) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut body, mut cid, mut event) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for m in msgs {
+        conv.push(m.conversation.as_str());
+        seq.push(m.seq as i64);
+        id.push(m.id.as_str());
+        ts.push(m.ts);
+        sid.push(m.from.id.as_str());
+        role.push(m.from.role.as_str());
+        name.push(m.from.name.as_str());
+        kind.push(m.kind.as_str());
+        body.push(m.body.as_str());
+        cid.push(m.client_id.as_deref());
+        event.push(m.event.as_ref().map(|e| e.to_string()));
+    }
+    let sql = format!(
+        "INSERT INTO messages ({MSG_COLS}) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[],
+         $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[])"
+    );
+    tx.execute(&sql, &[&conv, &seq, &id, &ts, &sid, &role, &name, &kind, &body, &cid, &event]).await?;
+    Ok(())
 }
 
 /// The conversation a write changes (whose row the group locks).
@@ -145,36 +223,18 @@ fn conversation_of(op: &WriteOp) -> Option<&str> {
     }
 }
 
-async fn insert_message(tx: &Transaction<'_>, m: &Message) -> Result<()> {
-    let sql = format!("INSERT INTO messages ({MSG_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
-    let event = m.event.as_ref().map(|e| e.to_string());
-    tx.execute(
-        &sql,
-        &[
-            &m.conversation,
-            &(m.seq as i64),
-            &m.id,
-            &m.ts,
-            &m.from.id,
-            &m.from.role.as_str(),
-            &m.from.name,
-            &m.kind.as_str(),
-            &m.body,
-            &m.client_id,
-            &event,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Appends `event` (or any new message) with the conversation's next seq.
-async fn append(tx: &Transaction<'_>, c: &mut Locked, m: NewMessage) -> Result<Arc<Message>> {
+/// Gives a new message the conversation's next seq; it is inserted with the group's others.
+fn append(g: &mut Group, conv: &str, m: NewMessage) -> Arc<Message> {
+    // Every caller found `conv` among the locked ones first.
+    let c = g.locked.get_mut(conv).expect("a locked conversation");
     c.last_seq += 1;
     c.dirty = true;
-    let message = m.with_seq(c.last_seq);
-    insert_message(tx, &message).await?;
-    Ok(Arc::new(message))
+    let message = Arc::new(m.with_seq(c.last_seq));
+    if let Some(cid) = message.client_id.clone() {
+        g.originals.insert((message.conversation.clone(), message.from.id.clone(), cid), message.clone());
+    }
+    g.new.push(message.clone());
+    message
 }
 
 fn not_found(id: &str) -> StoreError {
@@ -183,33 +243,30 @@ fn not_found(id: &str) -> StoreError {
 
 async fn apply(
     tx: &Transaction<'_>,
-    locked: &mut HashMap<String, Locked>,
+    g: &mut Group,
     op: &WriteOp,
 ) -> Result<std::result::Result<WriteOutcome, StoreError>> {
     match op {
         WriteOp::Barrier => Ok(Ok(WriteOutcome::Done)),
-        WriteOp::CreateConversation(c) => create(tx, locked, c).await,
+        WriteOp::CreateConversation(c) => create(tx, &mut g.locked, c).await,
         WriteOp::Append(m) => {
-            let Some(conv) = locked.get_mut(&m.conversation) else { return Ok(Err(not_found(&m.conversation))) };
+            let Some(conv) = g.locked.get(&m.conversation) else { return Ok(Err(not_found(&m.conversation))) };
             // A retry gets the original, even after the conversation closed.
             if let Some(client_id) = &m.client_id {
-                let sql = format!(
-                    "SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND sender_id = $2 AND client_id = $3"
-                );
-                if let Some(row) = tx.query_opt(&sql, &[&m.conversation, &m.from.id, client_id]).await? {
-                    let message = Arc::new(message_from_row(&row));
-                    return Ok(Ok(WriteOutcome::Appended { message, duplicate: true }));
+                let key = (m.conversation.clone(), m.from.id.clone(), client_id.clone());
+                if let Some(message) = g.originals.get(&key) {
+                    return Ok(Ok(WriteOutcome::Appended { message: message.clone(), duplicate: true }));
                 }
             }
             if conv.status == ConvStatus::Closed {
                 return Ok(Err(StoreError::Conflict(format!("conversation {} is closed", m.conversation))));
             }
-            let message = append(tx, conv, m.clone()).await?;
+            let message = append(g, &m.conversation, m.clone());
             Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
         }
         WriteOp::Update { expect, status, agent, room, queued_at, capacity, event } => {
             let id = &event.conversation;
-            let Some(conv) = locked.get_mut(id) else { return Ok(Err(not_found(id))) };
+            let Some(conv) = g.locked.get(id) else { return Ok(Err(not_found(id))) };
             if let Err(refused) = check(id, conv, expect) {
                 return Ok(Err(refused));
             }
@@ -242,14 +299,16 @@ async fn apply(
                 ],
             )
             .await?;
-            conv.status = *status;
-            conv.agent = agent.as_ref().map(|a| a.id.clone());
-            let message = append(tx, conv, event.clone()).await?;
+            if let Some(conv) = g.locked.get_mut(id) {
+                conv.status = *status;
+                conv.agent = agent.as_ref().map(|a| a.id.clone());
+            }
+            let message = append(g, id, event.clone());
             Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
         }
         WriteOp::Rate { score, comment, event } => {
             let id = &event.conversation;
-            let Some(conv) = locked.get_mut(id) else { return Ok(Err(not_found(id))) };
+            let Some(conv) = g.locked.get_mut(id) else { return Ok(Err(not_found(id))) };
             if conv.status != ConvStatus::Closed {
                 return Ok(Err(StoreError::Conflict("only a closed conversation can be rated".into())));
             }
@@ -262,7 +321,7 @@ async fn apply(
             )
             .await?;
             conv.rated = true;
-            let message = append(tx, conv, event.clone()).await?;
+            let message = append(g, id, event.clone());
             Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
         }
         WriteOp::Read { conversation, user_id, seq } => {
@@ -275,7 +334,7 @@ async fn apply(
             Ok(Ok(WriteOutcome::Done))
         }
         WriteOp::Contact { conversation, email } => {
-            if !locked.contains_key(conversation) {
+            if !g.locked.contains_key(conversation) {
                 return Ok(Err(not_found(conversation)));
             }
             tx.execute("UPDATE conversations SET contact_email = $2 WHERE id = $1", &[conversation, email]).await?;
