@@ -19,6 +19,8 @@ pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), S
     let e = |e: tokio_postgres::Error| e.to_string();
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(e)?;
     let result = async {
+        // "already exists, skipping" notices would be logged on every start.
+        client.batch_execute("SET client_min_messages = warning").await.map_err(e)?;
         client
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS parley_migrations (
