@@ -271,3 +271,30 @@ pub struct DumpConv {
     pub rating: Option<i64>,
     pub rating_comment: Option<String>,
 }
+
+/// Most conversations a bot serves at once unless told otherwise.
+pub const BOT_MAX_ACTIVE: u32 = 1000;
+
+/// Checks a new account's name, password and capacity the same way for
+/// every store; returns the trimmed name and the capacity to store.
+pub fn check_new_agent<'a>(
+    name: &'a str,
+    password: &str,
+    max_active: Option<u32>,
+    bot: bool,
+) -> Result<(&'a str, Option<u32>), String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("agent name: must not be empty".into());
+    }
+    if let Some(why) = crate::protocol::name_problem(name) {
+        return Err(format!("agent name: {why}"));
+    }
+    if password.is_empty() {
+        return Err("password: must not be empty".into());
+    }
+    if max_active == Some(0) {
+        return Err("--max-active: must be greater than 0".into());
+    }
+    Ok((name, if bot { max_active.or(Some(BOT_MAX_ACTIVE)) } else { max_active }))
+}

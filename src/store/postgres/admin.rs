@@ -10,9 +10,6 @@ use crate::store::{Admin, AgentRow};
 use deadpool_postgres::Pool;
 use std::sync::Arc;
 
-/// Bots serve many conversations at once unless told otherwise.
-const BOT_MAX_ACTIVE: u32 = 1000;
-
 /// Account management on a PostgreSQL database.
 pub struct PgAdmin {
     pool: Pool,
@@ -43,20 +40,8 @@ impl PgAdmin {
 
 impl Admin for PgAdmin {
     fn add_agent(&self, name: &str, password: &str, max_active: Option<u32>, bot: bool) -> Result<AgentRow, String> {
-        let name = name.trim().to_string();
-        if name.is_empty() {
-            return Err("agent name: must not be empty".into());
-        }
-        if let Some(why) = crate::protocol::name_problem(&name) {
-            return Err(format!("agent name: {why}"));
-        }
-        if password.is_empty() {
-            return Err("password: must not be empty".into());
-        }
-        if max_active == Some(0) {
-            return Err("--max-active: must be greater than 0".into());
-        }
-        let max_active = if bot { max_active.or(Some(BOT_MAX_ACTIVE)) } else { max_active };
+        let (name, max_active) = crate::store::check_new_agent(name, password, max_active, bot)?;
+        let name = name.to_string();
         let hash = auth::hash_password(password)?;
         let id = auth::new_id("a_");
         let pool = self.pool.clone();

@@ -9,9 +9,6 @@ use crate::store::*;
 use rusqlite::{params, Connection};
 use std::path::Path;
 
-/// Default capacity of a bot account.
-pub(super) const BOT_MAX_ACTIVE: u32 = 1000;
-
 /// Account management on the database file.
 pub struct SqliteAdmin {
     conn: Connection,
@@ -26,21 +23,7 @@ impl SqliteAdmin {
 impl Admin for SqliteAdmin {
     fn add_agent(&self, name: &str, password: &str, max_active: Option<u32>, bot: bool) -> Result<AgentRow, String> {
         let conn = &self.conn;
-        let name = name.trim();
-        if name.is_empty() {
-            return Err("agent name: must not be empty".into());
-        }
-        if let Some(why) = crate::protocol::name_problem(name) {
-            return Err(format!("agent name: {why}"));
-        }
-        if password.is_empty() {
-            return Err("password: must not be empty".into());
-        }
-        if max_active == Some(0) {
-            return Err("--max-active: must be greater than 0".into());
-        }
-        // Bots serve many conversations at once unless told otherwise.
-        let max_active = if bot { max_active.or(Some(BOT_MAX_ACTIVE)) } else { max_active };
+        let (name, max_active) = check_new_agent(name, password, max_active, bot)?;
         let hash = auth::hash_password(password)?;
         let id = auth::new_id("a_");
         match conn.execute(
