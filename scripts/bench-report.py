@@ -118,6 +118,11 @@ def main(results_path, out):
         md.append(f"{s['customers']} customers cut at once, one message posted to each while away, all reconnecting "
                   f"with their token and `sync`: resumed {s['resumed']}, lost **{s['lost']}**, in "
                   f"**{s['resume_secs']} s**.\n")
+    if ("parley-pg", "storm") in by:
+        s = by[("parley-pg", "storm")]
+        md.append("## Reconnect storm (Parley on PostgreSQL)\n")
+        md.append(f"The same on PostgreSQL (`--database`): resumed {s['resumed']}, lost **{s['lost']}**, in "
+                  f"**{s['resume_secs']} s**.\n")
     if ("parley", "agent-load") in by:
         a = by[("parley", "agent-load")]
         md.append("## One agent, 50 customers at 1 msg/s each (Parley)\n")
