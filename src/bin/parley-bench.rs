@@ -950,16 +950,23 @@ async fn storm(ctx: &Ctx, n: usize, a: &AgentAccounts) -> Result<Value, String> 
     let mut missed = HashMap::new();
     for (i, (_, conv)) in convs.iter().enumerate() {
         let url = format!("http://{}/api/conversations/{conv}/messages", ctx.server);
-        let res = http
-            .post(url)
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(
-                json!({"client_id": format!("storm-{i}-{}", rand_index()), "body": "while you were away"}).to_string(),
-            )
-            .send()
-            .await
-            .map_err(|e| format!("post: {e}"))?;
+        let body = json!({"client_id": format!("storm-{i}-{}", rand_index()), "body": "while you were away"});
+        // The server limits an agent's HTTP posts: wait as told (429 Retry-After) and retry.
+        let res = loop {
+            let res = http
+                .post(&url)
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| format!("post: {e}"))?;
+            if res.status().as_u16() != 429 {
+                break res;
+            }
+            let wait = res.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        };
         let v: Value = serde_json::from_str(&res.text().await.unwrap_or_default()).unwrap_or(Value::Null);
         missed.insert(conv.clone(), v["seq"].as_u64().ok_or(format!("post refused: {v}"))?);
     }
