@@ -193,11 +193,6 @@ impl Guard {
         *n += 1;
         Some(ConnSlot { guard: self.clone(), ip })
     }
-
-    /// Connections `ip` holds now.
-    pub fn connections(&self, ip: IpAddr) -> usize {
-        self.conns.lock().get(&ip).copied().unwrap_or(0)
-    }
 }
 
 /// One connection's place in its address's count; released on drop.

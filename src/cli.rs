@@ -79,7 +79,7 @@ pub fn migrate(from: &std::path::Path, database: &str) -> Result<(), String> {
         dump.read_markers.len(),
         from.display()
     );
-    let n = store::postgres::import(database, &dump)?;
+    let n = store::postgres::import(database, dump)?;
     println!(
         "copied {} agents, {} conversations, {} messages, {} read markers into {}",
         n.agents,

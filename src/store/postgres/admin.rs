@@ -130,7 +130,7 @@ pub struct Imported {
 /// Copies a dump into an empty PostgreSQL database in one transaction,
 /// checks the counts before committing, and refuses a database that holds
 /// any agent, conversation or message already.
-pub fn import(url: &str, dump: &crate::store::Dump) -> Result<Imported, String> {
+pub fn import(url: &str, dump: crate::store::Dump) -> Result<Imported, String> {
     let admin = PgAdmin::open(url)?;
     let pool = admin.pool.clone();
     let want = Imported {
@@ -139,11 +139,8 @@ pub fn import(url: &str, dump: &crate::store::Dump) -> Result<Imported, String> 
         messages: dump.messages.len(),
         read_markers: dump.read_markers.len(),
     };
-    // The dump is moved into the runtime's task by reference through a scope-free copy.
-    let agents = dump.agents.clone();
-    let convs = dump.conversations.clone();
-    let msgs = dump.messages.clone();
-    let marks = dump.read_markers.clone();
+    // Moved into the task on the store's runtime (no copy of a large data dir).
+    let crate::store::Dump { agents, conversations: convs, messages: msgs, read_markers: marks } = dump;
     admin.run(async move {
         let e = |e: tokio_postgres::Error| format!("cannot copy into the database: {e}");
         let mut c = pool.get().await.map_err(|e| format!("cannot reach the database: {e}"))?;
