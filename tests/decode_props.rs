@@ -730,24 +730,6 @@ fn tcp_addr(srv: &Server) -> String {
         .expect("a `listening tcp=` line")
 }
 
-fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x80 | opcode];
-    let len = payload.len();
-    if len < 126 {
-        frame.push(0x80 | len as u8);
-    } else if len <= u16::MAX as usize {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        frame.push(0x80 | 127);
-        frame.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    let mask = [0x3au8, 0x91, 0x07, 0xc4];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 impl Conn {
     async fn connect(srv: &Server, t: Transport) -> Result<Conn, String> {
         match t {
@@ -767,7 +749,7 @@ impl Conn {
     /// One frame of these bytes: a WebSocket text frame, or a length-prefixed TCP frame.
     async fn send_bytes(&mut self, payload: &[u8]) -> Result<(), String> {
         let (stream, bytes) = match self {
-            Conn::Ws(ws) => (&mut ws.stream, ws_frame(OP_TEXT, payload)),
+            Conn::Ws(ws) => (&mut ws.stream, masked_frame(true, OP_TEXT, payload)),
             Conn::Tcp(t) => {
                 let mut b = (payload.len() as u32).to_be_bytes().to_vec();
                 b.extend_from_slice(payload);
@@ -800,7 +782,7 @@ impl Conn {
                         }
                     }
                     RawEvent::Frame(OP_PING, p) => {
-                        let pong = ws_frame(0xA, &p);
+                        let pong = masked_frame(true, 0xA, &p);
                         let _ = ws.stream.write_all(&pong).await;
                     }
                     RawEvent::Frame(OP_CLOSE, p) => {

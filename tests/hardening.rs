@@ -21,22 +21,6 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// A masked client frame header announcing `len` payload bytes.
-fn frame_header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
-    let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
-    if len < 126 {
-        h.push(0x80 | len as u8);
-    } else if len <= u16::MAX as u64 {
-        h.push(0x80 | 126);
-        h.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        h.push(0x80 | 127);
-        h.extend_from_slice(&len.to_be_bytes());
-    }
-    h.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
-    h
-}
-
 /// Sends `prelude` (frame headers and whatever payload they need), then
 /// streams up to 256 MiB as fast as the socket takes it, while reading for
 /// the server's close frame. Returns the close code and how long after the
@@ -128,7 +112,7 @@ async fn flood_after(srv: &Server, prelude: Vec<u8>) -> (Option<u16>, Duration, 
 async fn a_frame_header_announcing_2_pow_40_bytes_is_refused_at_once_without_buffering() {
     let srv = Server::start(&[]);
     // No hello, no login: the header alone.
-    let (code, after, grew_kib) = flood_after(&srv, frame_header(true, 1, 1 << 40)).await;
+    let (code, after, grew_kib) = flood_after(&srv, masked_header(true, 1, 1 << 40)).await;
     assert_eq!(code, Some(1009), "an oversized frame closes with 1009");
     assert!(after < Duration::from_secs(1), "the close came {after:?} after the header");
     assert!(grew_kib < 16 * 1024, "the server's memory grew by {grew_kib} KiB");
@@ -142,12 +126,9 @@ async fn fragments_adding_up_past_the_limit_are_refused_at_the_fragment_that_pas
     let srv = Server::start(&["--max-frame-bytes", "65536"]);
     // Three fragments of 30,000 bytes: each within the limit, together past it.
     let mut prelude = Vec::new();
-    for (i, op) in [1u8, 0, 0].into_iter().enumerate() {
-        prelude.extend(frame_header(false, op, 30_000));
-        if i < 2 {
-            prelude.extend(std::iter::repeat_n(b'a' ^ 0x11, 30_000));
-        }
-    }
+    prelude.extend(masked_frame(false, 1, &[b'a'; 30_000]));
+    prelude.extend(masked_frame(false, 0, &[b'a'; 30_000]));
+    prelude.extend(masked_header(false, 0, 30_000));
     let (code, after, grew_kib) = flood_after(&srv, prelude).await;
     assert_eq!(code, Some(1009), "a message past the limit closes with 1009");
     assert!(after < Duration::from_secs(1), "the close came {after:?} after the third header");

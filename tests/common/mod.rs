@@ -838,21 +838,7 @@ impl RawWs {
 
     /// Send one masked text frame.
     pub async fn send_text(&mut self, text: &str) {
-        let payload = text.as_bytes();
-        let mut frame = vec![0x80 | OP_TEXT];
-        let len = payload.len();
-        if len < 126 {
-            frame.push(0x80 | len as u8);
-        } else if len <= u16::MAX as usize {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        let mask = [0x12u8, 0x34, 0x56, 0x78];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = masked_frame(true, OP_TEXT, text.as_bytes());
         tokio::time::timeout(WAIT, self.stream.write_all(&frame)).await.expect("raw send timed out").expect("raw send");
     }
 
@@ -930,6 +916,32 @@ impl RawWs {
             }
         }
     }
+}
+
+/// The mask key of every frame the raw clients send.
+pub const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+/// A client frame header (masked with [`MASK`]) announcing `len` payload bytes.
+pub fn masked_header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
+    let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else if len <= u16::MAX as u64 {
+        h.push(0x80 | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&len.to_be_bytes());
+    }
+    h.extend_from_slice(&MASK);
+    h
+}
+
+/// A whole client frame: header and masked payload.
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = masked_header(fin, opcode, payload.len() as u64);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    f
 }
 
 pub fn close_code(payload: &[u8]) -> Option<u16> {
