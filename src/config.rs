@@ -154,9 +154,14 @@ pub struct ServeArgs {
     /// Token signing secret (otherwise generated once and kept in the data dir).
     #[arg(long, env = "PARLEY_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-    /// Name of this node, reported in `welcome.node`.
-    #[arg(long, env = "PARLEY_NODE_ID", default_value = "n1")]
-    pub node_id: String,
+    /// Name of this node, reported in `welcome.node` and unique in a cluster
+    /// (default: the host name and the --listen port, e.g. chat-1:8080).
+    #[arg(long, env = "PARLEY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Redis for a cluster's backplane: redis://HOST:PORT. With --database
+    /// postgres://…, this node serves as one of several behind a load balancer.
+    #[arg(long, env = "PARLEY_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
     /// Lifetime of agent tokens, in seconds.
     #[arg(long, env = "PARLEY_AGENT_TOKEN_TTL_SECS", default_value_t = DEFAULT_AGENT_TOKEN_TTL_SECS)]
     pub agent_token_ttl_secs: u64,
@@ -249,6 +254,8 @@ pub struct Config {
     pub queue_bytes: usize,
     pub secret: Option<String>,
     pub node_id: String,
+    /// Redis URL (`--redis`): this node is part of a cluster.
+    pub redis: Option<String>,
     pub agent_token_ttl_secs: u64,
     pub sync_full: bool,
     pub fold_after: std::time::Duration,
@@ -410,6 +417,23 @@ impl Config {
         positive("login-failures-per-address", a.login_failures_per_address as u64)?;
         positive("login-failures-per-account", a.login_failures_per_account as u64)?;
         positive("abandon-after-ms", a.abandon_after_ms)?;
+        let database = a.data.database.filter(|d| !d.trim().is_empty());
+        let redis = a.redis.filter(|r| !r.trim().is_empty());
+        if redis.is_some() && database.is_none() {
+            return Err("--redis makes this node one of a cluster, whose nodes share one PostgreSQL database: \
+                 give --database postgres://USER@HOST:PORT/DB too (SQLite serves a single node)"
+                .into());
+        }
+        let node_id = match a.node_id.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
+            Some(n) if n.len() > 128 || n.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+                return Err(format!("--node-id: `{n}` must be at most 128 characters, without spaces"))
+            }
+            Some(n) => n,
+            None => {
+                let port = a.listen.rsplit(':').next().unwrap_or("8080");
+                format!("{}:{port}", host_name())
+            }
+        };
         Ok(Config {
             trusted_proxies,
             public_origin,
@@ -427,7 +451,7 @@ impl Config {
             webhook_timeout_ms: a.webhook_timeout_ms,
             webhook_notes: a.webhook_notes,
             listen: a.listen,
-            database: a.data.database.filter(|d| !d.trim().is_empty()),
+            database,
             data_dir: a.data.data_dir,
             rooms,
             manual_rooms,
@@ -443,7 +467,8 @@ impl Config {
             queue_messages: a.queue_messages,
             queue_bytes: a.queue_bytes,
             secret: a.secret,
-            node_id: a.node_id,
+            node_id,
+            redis,
             agent_token_ttl_secs: a.agent_token_ttl_secs,
             sync_full: a.sync == "full",
             fold_after: std::time::Duration::from_millis(a.fold_after_ms),
@@ -471,7 +496,22 @@ impl Config {
         }
     }
 
+    /// Whether this node is one of a cluster (Redis backplane, shared PostgreSQL).
+    pub fn clustered(&self) -> bool {
+        self.redis.is_some()
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("parley.db")
     }
+}
+
+/// This machine's host name (for the default node id).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "parley".into())
 }

@@ -16,6 +16,6 @@ fn main() {
         eprintln!("parley: {e}");
         // A database that cannot be used (bad URL, unreachable, login
         // refused) is told apart from other errors: exit status 2.
-        std::process::exit(if e.starts_with("--database") { 2 } else { 1 });
+        std::process::exit(if e.starts_with("--database") || e.starts_with("--redis") { 2 } else { 1 });
     }
 }

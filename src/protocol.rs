@@ -83,7 +83,7 @@ impl Role {
     }
 }
 
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub id: String,
     pub role: Role,
@@ -96,7 +96,7 @@ impl User {
     }
 }
 
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ConvStatus {
     Queued,
@@ -122,7 +122,7 @@ impl ConvStatus {
     }
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Conversation {
     pub id: String,
     pub room: String,
@@ -162,7 +162,7 @@ pub fn plausible_email(s: &str) -> bool {
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum MsgKind {
     Text,
@@ -188,7 +188,7 @@ impl MsgKind {
     }
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Message {
     pub id: String,
     pub conversation: String,
@@ -223,7 +223,7 @@ pub enum Availability {
     Offline,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Presence {
     pub agent: User,
     pub room: String,

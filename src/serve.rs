@@ -2,6 +2,7 @@
 //! and WebSocket, and on SIGINT/SIGTERM drain sessions (close 1001) before exit.
 
 use crate::auth::{random_password, Signer};
+use crate::chat::server::Links;
 use crate::chat::ChatServer;
 use crate::config::{Config, ServeArgs};
 use crate::http::{self, ws::ConnSocket, AppState};
@@ -15,6 +16,9 @@ use std::time::Duration;
 
 /// Time given to connections to close after the drain, before exit.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Longest drain at shutdown: sessions told, writes settled, lease given up
+/// (with SHUTDOWN_GRACE, well inside the 10 s a node has to stop).
+const DRAIN_FOR: Duration = Duration::from_secs(6);
 /// How often the heap's free pages go back to the kernel.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
@@ -75,7 +79,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     system.block_on(async move {
         let agents = store.agents().await.map_err(|e| format!("cannot read the agents: {e}"))?;
         let open = store.open_conversations().await.map_err(|e| format!("cannot read the conversations: {e}"))?;
-        serve(cfg, signer, store, done_rx, agents, open).await
+        let cluster = store.cluster_id().await.map_err(|e| format!("cannot read the cluster's id: {e}"))?;
+        serve(cfg, signer, store, done_rx, agents, open, cluster).await
     })
 }
 
@@ -103,6 +108,7 @@ async fn serve(
     done_rx: tokio::sync::mpsc::UnboundedReceiver<Vec<crate::store::Completion>>,
     agents: Vec<crate::store::AgentRow>,
     open: Vec<crate::store::ConvRow>,
+    cluster: String,
 ) -> Result<(), String> {
     let from = match &cfg.database {
         Some(url) => format!("PostgreSQL ({})", crate::store::postgres::redact(url)),
@@ -112,9 +118,17 @@ async fn serve(
     // The ChatServer gets its own thread, apart from the HTTP workers.
     let arbiter = Arbiter::new();
     let webhooks = crate::webhooks::Webhooks::start(&cfg)?;
+    let links = match &cfg.redis {
+        Some(url) => {
+            let (backplane, incoming) = crate::backplane::redis::start(url, &cluster, &cfg.node_id, &cfg.rooms)?;
+            log::info!("node {} of a cluster: backplane on Redis, {} room channel(s)", cfg.node_id, cfg.rooms.len());
+            Links { backplane: Box::new(backplane), incoming: Some(incoming) }
+        }
+        None => Links { backplane: crate::backplane::local(), incoming: None },
+    };
     let (c, s) = (cfg.clone(), store.clone());
     let server = ChatServer::start_in_arbiter(&arbiter.handle(), move |_| {
-        ChatServer::new(c, s, open, agents, done_rx, webhooks)
+        ChatServer::new(c, s, open, agents, done_rx, webhooks, links)
     });
     let guard = crate::abuse::Guard::new(&cfg);
     let state = AppState { cfg: cfg.clone(), server: server.clone(), store, signer, guard };
@@ -148,15 +162,26 @@ async fn serve(
     let _ = std::io::stdout().flush();
     let running = http.run();
     let handle = running.handle();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
-        log::info!("shutting down: closing sessions with 1001");
-        server.do_send(crate::chat::messages::Drain);
-        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
-        handle.stop(true).await;
+        log::info!("shutting down: no new connections; closing sessions with 1001");
+        // Stop accepting first, so that reconnects go to the other nodes
+        // (a load balancer retries a refused connection elsewhere); the open
+        // connections get SHUTDOWN_GRACE to close after the drain.
+        let stopping = actix_web::rt::spawn(handle.stop(true));
+        let drained = tokio::time::timeout(DRAIN_FOR, server.send(crate::chat::messages::Drain)).await;
+        if drained.is_err() {
+            log::warn!("shutting down: the drain took longer than {DRAIN_FOR:?}");
+        }
+        let _ = drained_tx.send(());
+        let _ = stopping.await;
     });
     running.await.map_err(|e| format!("server failed: {e}"))?;
+    // The drain (writes settled, lease given up) ends before the process does.
+    let _ = tokio::time::timeout(DRAIN_FOR, drained_rx).await;
     arbiter.stop();
+    log::info!("stopped");
     Ok(())
 }
 

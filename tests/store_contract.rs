@@ -128,6 +128,7 @@ fn update(conv: &str, expect: Expect, status: ConvStatus, to: Option<&User>, cap
         room: "support".into(),
         queued_at: 1,
         capacity,
+        absent: None,
         event: event(conv, "changed"),
     }
 }

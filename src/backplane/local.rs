@@ -7,7 +7,7 @@ use super::{Backplane, Effect};
 pub struct Local;
 
 impl Backplane for Local {
-    fn publish(&mut self, effect: Effect) -> Option<Effect> {
+    fn publish(&mut self, _: &str, effect: Effect) -> Option<Effect> {
         Some(effect)
     }
 }
@@ -16,7 +16,7 @@ impl Backplane for Local {
 pub struct Lossy;
 
 impl Backplane for Lossy {
-    fn publish(&mut self, _: Effect) -> Option<Effect> {
+    fn publish(&mut self, _: &str, _: Effect) -> Option<Effect> {
         None
     }
 }

@@ -7,7 +7,11 @@
 //!
 //! One delivery path for one node and for a cluster: the single node uses
 //! [`local::Local`], which hands every effect straight back, so the suites
-//! that run against one node prove the path a cluster takes.
+//! that run against one node prove the path a cluster takes. A cluster node
+//! uses [`redis::RedisBackplane`]: it too hands every effect straight back
+//! (its own sessions never wait on Redis), and publishes it on the channel
+//! of the effect's room; every node subscribes to its configured rooms'
+//! channels and feeds what other nodes published into the same `deliver`.
 //!
 //! # Delivery contract
 //! - `publish` is called only after the change behind the effect committed.
@@ -19,13 +23,15 @@
 //!   store; nothing relies on the backplane for durability.
 
 pub mod local;
+pub mod redis;
 
-use crate::protocol::{Conversation, Message, Presence, User};
+use crate::protocol::{Conversation, Message, Presence, Ts, User};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// Something that happened, for the sessions it concerns. Self-contained:
 /// it names the conversation, room or agent whose audience receives it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Effect {
     /// A committed message: to its conversation's members; customers never
     /// receive the ones hidden from them (notes, internal events).
@@ -47,6 +53,12 @@ pub enum Effect {
         also: Option<String>,
         /// The requesting session, which got the direct reply.
         exclude: Option<u64>,
+        /// When it entered its queue (orders the queue on other nodes).
+        queued_at: Ts,
+        /// For a routing change: the seq of the change's event, which orders
+        /// changes of one conversation (a node applies a change only over an
+        /// older one); None for effects that change no routing state.
+        version: Option<u64>,
     },
     /// Typing on or off, to the other members.
     Typing { conversation: String, from: User, on: bool, exclude: Option<u64> },
@@ -58,17 +70,31 @@ pub enum Effect {
     RoomStatus { room: String, online: bool },
 }
 
-/// Where effects go after commit (see the delivery contract above).
-pub trait Backplane: Send + 'static {
-    /// Publishes a committed effect. Returns it when this node delivers it
-    /// now (the local backplane always does).
-    fn publish(&mut self, effect: Effect) -> Option<Effect>;
+/// What another node published, or news of the subscription itself.
+#[derive(Debug)]
+pub enum Incoming {
+    /// An effect committed on another node.
+    Effect { node: String, effect: Box<Effect> },
+    /// The subscription was (re)established after an outage: effects
+    /// published meanwhile may be lost, so the node resynchronises from the store.
+    Resubscribed,
 }
 
-/// The backplane a node runs with. In debug builds (the test suites),
-/// `PARLEY_TEST_BACKPLANE=lossy` gives one that loses every effect, to show
-/// that no frame reaches another session any other way.
-pub fn configured() -> Box<dyn Backplane> {
+/// Where effects go after commit (see the delivery contract above).
+pub trait Backplane: Send + 'static {
+    /// Publishes a committed effect about `room`. Returns it when this node
+    /// delivers it now (both real backplanes always do).
+    fn publish(&mut self, room: &str, effect: Effect) -> Option<Effect>;
+    /// Whether other nodes share it (then memory is kept fresh by what they publish).
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+/// The in-process backplane of a single node. In debug builds (the test
+/// suites), `PARLEY_TEST_BACKPLANE=lossy` gives one that loses every effect,
+/// to show that no frame reaches another session any other way.
+pub fn local() -> Box<dyn Backplane> {
     if cfg!(debug_assertions) && std::env::var("PARLEY_TEST_BACKPLANE").as_deref() == Ok("lossy") {
         log::warn!("PARLEY_TEST_BACKPLANE=lossy: every effect is dropped (a test of the delivery path)");
         return Box::new(local::Lossy);

@@ -5,6 +5,7 @@
 use super::server::*;
 use super::state::*;
 use super::writes::*;
+use crate::http::metrics::counters;
 use crate::protocol::{self, Availability, ConvStatus, User};
 use actix::Context;
 use serde_json::json;
@@ -43,17 +44,19 @@ impl ChatServer {
     pub(super) fn assign(&mut self, cid: &str, agent: User, reply: ReplyTo) {
         let body = format!("{} joined the conversation", agent.name);
         let event = json!({"name": "assigned", "agent": agent});
-        self.change(cid, ConvStatus::Active, Some(agent), None, QueuePlace::Back, event, body, reply);
+        self.change(cid, ConvStatus::Active, Some(agent), None, QueuePlace::Back, event, body, reply, None);
     }
 
     /// PROTOCOL.md §8: an agent gone longer than the grace period loses their
     /// active conversations to the front of their rooms' queues.
     pub(super) fn grace_expired(&mut self, agent_id: &str, ctx: &mut Context<Self>) {
+        let elsewhere = self.connected_elsewhere(agent_id);
         let Some(a) = self.st.agents.get_mut(agent_id) else { return };
         a.grace = None;
-        if !a.sessions.is_empty() {
+        if !a.sessions.is_empty() || elsewhere {
             return;
         }
+        counters().grace_expiries.inc();
         self.requeue_all(agent_id, "agent_offline", "went offline");
         self.finish(ctx);
     }
@@ -75,6 +78,7 @@ impl ChatServer {
                         .customers
                         .get(&c.customer.id)
                         .is_none_or(|cu| cu.sessions.is_empty() && cu.away_since.elapsed() >= after)
+                        && !self.connected_elsewhere(&c.customer.id)
                 })
             })
             .cloned()
@@ -83,7 +87,8 @@ impl ChatServer {
             log::info!("{cid}: the customer left {} s ago; closed as abandoned", after.as_secs());
             let event = json!({"name": "closed", "by": null, "reason": "abandoned"});
             let body = "The customer left before an agent was free".to_string();
-            self.change(&cid, ConvStatus::Closed, None, None, QueuePlace::Back, event, body, ReplyTo::None);
+            let customer = self.st.convs.get(&cid).map(|c| c.customer.id.clone());
+            self.change(&cid, ConvStatus::Closed, None, None, QueuePlace::Back, event, body, ReplyTo::None, customer);
         }
         // Queues held back by an agent passed over get another look.
         let waiting: Vec<String> =
@@ -108,7 +113,8 @@ impl ChatServer {
             let event = json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room,
                                "reason": reason, "internal": true});
             let body = format!("{} {why}; back in the queue", user.name);
-            self.change(&cid, ConvStatus::Queued, None, None, QueuePlace::Front, event, body, ReplyTo::None);
+            let absent = Some(user.id.clone());
+            self.change(&cid, ConvStatus::Queued, None, None, QueuePlace::Front, event, body, ReplyTo::None, absent);
         }
     }
 }

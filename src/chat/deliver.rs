@@ -14,46 +14,82 @@ use std::sync::atomic::Ordering;
 
 impl ChatServer {
     /// Publishes a committed effect; delivers it here when it comes back.
+    /// It goes out on the channel of its room (a conversation's effects all
+    /// go on its room's, in order).
     pub(super) fn publish(&mut self, effect: Effect) {
-        if let Some(e) = self.backplane.publish(effect) {
+        let room = match &effect {
+            Effect::Message { message, .. } => self.st.convs.get(&message.conversation).map(|c| c.room.clone()),
+            Effect::Typing { conversation, .. } | Effect::Read { conversation, .. } => {
+                self.st.convs.get(conversation).map(|c| c.room.clone())
+            }
+            Effect::Conversation { conversation, .. } => Some(conversation.room.clone()),
+            Effect::Presence { presence, .. } => Some(presence.room.clone()),
+            Effect::RoomStatus { room, .. } => Some(room.clone()),
+        };
+        let Some(room) = room else { return self.deliver(effect) };
+        if let Some(e) = self.backplane.publish(&room, effect) {
             self.deliver(e);
         }
     }
 
-    /// The one entry into delivery (see the module doc).
+    /// An effect that each node works out for itself from the state they
+    /// share (queue positions, whether a room has anyone online): for this
+    /// node's sessions only. One node sends it through its backplane like
+    /// any other effect.
+    pub(super) fn publish_here(&mut self, effect: Effect) {
+        match self.backplane.shared() {
+            true => self.deliver(effect),
+            false => self.publish(effect),
+        }
+    }
+
+    /// The one entry into delivery (see the module doc). A cluster node
+    /// delivers messages in seq order (see `cluster`).
     pub(super) fn deliver(&mut self, effect: Effect) {
-        let (mut sids, frame, exclude) = match effect {
+        match effect {
+            Effect::Message { message, also, exclude } if self.cluster.is_some() => {
+                self.deliver_in_order(message, also, exclude)
+            }
+            e => self.deliver_now(e),
+        }
+    }
+
+    /// Picks this node's sessions that should see an effect, serializes its
+    /// frame once and queues it for each.
+    pub(super) fn deliver_now(&mut self, effect: Effect) {
+        if let Effect::Message { message, .. } = &effect {
+            let Some(conv) = self.st.convs.get_mut(&message.conversation) else { return };
+            conv.last_seq = conv.last_seq.max(message.seq);
+            conv.delivered = conv.delivered.max(message.seq);
+        }
+        let (mut sids, exclude) = match &effect {
             Effect::Message { message, also, exclude } => {
-                let Some(conv) = self.st.convs.get_mut(&message.conversation) else { return };
-                conv.last_seq = conv.last_seq.max(message.seq);
-                let conv = &self.st.convs[&message.conversation];
+                let Some(conv) = self.st.convs.get(&message.conversation) else { return };
                 let customer = (!message.hidden_from_customers()).then_some(conv.customer.id.as_str());
                 let agent = conv.agent.as_ref().map(|a| a.id.as_str());
-                let sids = self.members(customer, agent, Some(&conv.room), also.as_deref());
-                (sids, Out::Message { message: &message }.encode(), exclude)
+                (self.members(customer, agent, Some(&conv.room), also.as_deref()), *exclude)
             }
-            Effect::Conversation { conversation: c, customer, agents, also, exclude } => {
+            Effect::Conversation { conversation: c, customer, agents, also, exclude, .. } => {
                 let cust = customer.then_some(c.customer.id.as_str());
                 let (agent, room) = match agents {
                     true => (c.agent.as_ref().map(|a| a.id.as_str()), Some(c.room.as_str())),
                     false => (None, None),
                 };
-                let sids = self.members(cust, agent, room, also.as_deref());
-                (sids, Out::Conversation { r#ref: None, conversation: &c }.encode(), exclude)
+                (self.members(cust, agent, room, also.as_deref()), *exclude)
             }
-            Effect::Typing { conversation, from, on, exclude } => {
-                let Some(sids) = self.conversation_members(&conversation) else { return };
-                (sids, Out::Typing { conversation: &conversation, from: &from, on }.encode(), exclude)
+            Effect::Typing { conversation, exclude, .. } => {
+                let Some(sids) = self.conversation_members(conversation) else { return };
+                (sids, *exclude)
             }
-            Effect::Read { conversation, from, seq } => {
-                let Some(sids) = self.conversation_members(&conversation) else { return };
-                (sids, Out::Read { conversation: &conversation, from: &from, seq }.encode(), None)
+            Effect::Read { conversation, .. } => {
+                let Some(sids) = self.conversation_members(conversation) else { return };
+                (sids, None)
             }
             Effect::Presence { presence, exclude } => {
                 let sids = self.st.rooms.get(&presence.room).map(|r| r.sessions.iter().copied().collect());
-                (sids.unwrap_or_default(), Out::Presence(&presence).encode(), exclude)
+                (sids.unwrap_or_default(), *exclude)
             }
-            Effect::RoomStatus { room, online } => {
+            Effect::RoomStatus { room, .. } => {
                 // Customers it concerns: those waiting in that room, and those
                 // with no conversation open yet (a widget that may open one).
                 let sids = self
@@ -67,18 +103,30 @@ impl ChatServer {
                                     self.st
                                         .convs
                                         .get(id)
-                                        .is_some_and(|v| v.room == room && v.status == ConvStatus::Queued)
+                                        .is_some_and(|v| v.room == *room && v.status == ConvStatus::Queued)
                                 })
                         })
                     })
                     .map(|(sid, _)| *sid)
                     .collect();
-                (sids, Out::RoomStatus { room: &room, online }.encode(), None)
+                (sids, None)
             }
         };
         if let Some(x) = exclude {
             sids.retain(|s| *s != x);
         }
+        // Nobody here to tell (a cluster node hears its rooms' every effect): not even serialized.
+        if sids.is_empty() {
+            return;
+        }
+        let frame = match &effect {
+            Effect::Message { message, .. } => Out::Message { message }.encode(),
+            Effect::Conversation { conversation, .. } => Out::Conversation { r#ref: None, conversation }.encode(),
+            Effect::Typing { conversation, from, on, .. } => Out::Typing { conversation, from, on: *on }.encode(),
+            Effect::Read { conversation, from, seq } => Out::Read { conversation, from, seq: *seq }.encode(),
+            Effect::Presence { presence, .. } => Out::Presence(presence).encode(),
+            Effect::RoomStatus { room, online } => Out::RoomStatus { room, online: *online }.encode(),
+        };
         self.send_many(&sids, &frame);
     }
 

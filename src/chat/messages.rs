@@ -128,9 +128,12 @@ pub struct Stats {
     pub active: usize,
     pub agents_online: usize,
     pub pending_writes: usize,
+    /// Per room: its name, conversations queued, agents online on any node.
+    pub rooms: Vec<(String, usize, usize)>,
 }
 
-/// Ask every session to close with 1001 (server going away).
+/// Ask every session to close with 1001 (server going away); answers when
+/// the writes in flight are settled and the cluster lease is given up.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Drain;

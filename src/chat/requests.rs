@@ -18,7 +18,6 @@ use crate::protocol::{
 use crate::store::{ConvRow, NewMessage, WriteOp};
 use actix::{ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use serde_json::json;
-use std::collections::HashMap;
 
 impl ChatServer {
     pub(super) fn request(
@@ -145,7 +144,8 @@ impl ChatServer {
                 let agent = conv.agent.clone();
                 let event = json!({"name": "closed", "by": who.user});
                 let body = format!("{} closed the conversation", who.user.name);
-                self.change(&c.conversation, ConvStatus::Closed, agent, None, QueuePlace::Back, event, body, reply);
+                let (id, place) = (&c.conversation, QueuePlace::Back);
+                self.change(id, ConvStatus::Closed, agent, None, place, event, body, reply, None);
                 Ok(())
             }
             Request::Rate(r) => {
@@ -266,22 +266,6 @@ impl ChatServer {
         }
         let now = now_ms();
         let id = new_id("c_");
-        let conv = Conv {
-            id: id.clone(),
-            room: room.clone(),
-            status: ConvStatus::Queued,
-            customer: who.user.clone(),
-            agent: None,
-            created_at: now,
-            queued_at: now,
-            last_seq: 0,
-            rated: false,
-            pushed_position: None,
-            transferred_from: None,
-            reads: HashMap::new(),
-            contact_email: None,
-            changing: false,
-        };
         let row = ConvRow {
             id: id.clone(),
             room: room.clone(),
@@ -295,10 +279,13 @@ impl ChatServer {
             contact_email: None,
         };
         self.busy()?;
+        let conv = Conv::from_row(row.clone());
         self.submit(WriteOp::CreateConversation(row), Pending::Open { reply, conv: id.clone() });
+        let at = self.st.queue_index(&room, &id, now);
         let r = self.st.rooms.get_mut(&room).ok_or_else(|| no_room(&room))?;
-        r.queue.push_back(id.clone());
-        let pos = r.queue.len() as u32;
+        r.queue.insert(at, id.clone());
+        mark_positions(&mut self.st.position_rooms, &room, at);
+        let pos = at as u32 + 1;
         self.st.convs.insert(id.clone(), Conv { pushed_position: Some(pos), ..conv });
         self.st.customers.entry(who.user.id.clone()).or_default().open.push(id.clone());
         // A bot-first room hands new conversations to its bot while it is connected.
@@ -378,6 +365,7 @@ impl ChatServer {
         let queue_total = r.queue.len();
         let mut agents: Vec<Presence> =
             r.agents.keys().filter_map(|id| self.st.agents.get(id)).map(|a| a.presence(&room, true)).collect();
+        agents.extend(self.remote_room_agents(&room));
         agents.sort_by(|a, b| a.agent.name.cmp(&b.agent.name));
         let f =
             Out::Room { r#ref: r#ref.as_deref(), room: &room, queue: &queue, queue_total, agents: &agents }.encode();
@@ -407,9 +395,10 @@ impl ChatServer {
                     return Err(ApiError::bad_request("to_agent: the conversation is already yours"));
                 }
                 let target = self.st.agents.get(&to).ok_or_else(|| ApiError::not_found(format!("no agent {to}")))?;
-                let online = target.availability == Availability::Online
+                let online = (target.availability == Availability::Online
                     && !target.sessions.is_empty()
-                    && self.st.rooms.values().any(|r| r.agents.contains_key(&to));
+                    && self.st.rooms.values().any(|r| r.agents.contains_key(&to)))
+                    || self.agent_online_elsewhere(&to);
                 if !online {
                     return Err(ApiError::conflict(format!("{} is not online in any room", target.user.name)));
                 }
@@ -426,6 +415,7 @@ impl ChatServer {
                     event,
                     body,
                     reply,
+                    None,
                 );
                 Ok(())
             }
@@ -444,6 +434,7 @@ impl ChatServer {
                     event,
                     body,
                     reply,
+                    None,
                 );
                 Ok(())
             }

@@ -25,6 +25,12 @@ impl ChatServer {
             .any(|a| a.availability == Availability::Online && !a.sessions.is_empty())
     }
 
+    /// Whether anyone is online to answer in the room named `name`, on this
+    /// node or another.
+    pub(super) fn room_online_anywhere(&self, name: &str, room: &Room) -> bool {
+        self.room_online(room) || self.online_elsewhere(name)
+    }
+
     /// The rooms as `welcome` lists them: whether anyone is online as
     /// customers were last told (so a client that connects while a telling
     /// waits out [`ROOM_STATUS_EVERY`] hears the same as everyone, and the
@@ -49,7 +55,7 @@ impl ChatServer {
             .rooms
             .iter()
             .filter(|(_, r)| !r.status_pending)
-            .map(|(name, r)| (name.clone(), r.online_told, self.room_online(r)))
+            .map(|(name, r)| (name.clone(), r.online_told, self.room_online_anywhere(name, r)))
             .filter(|(_, told, online)| told != online)
             .map(|(name, _, online)| (name, online))
             .collect();
@@ -70,7 +76,7 @@ impl ChatServer {
             }
             r.online_told = online;
             r.status_sent_at = Some(now);
-            self.publish(Effect::RoomStatus { room: name, online });
+            self.publish_here(Effect::RoomStatus { room: name, online });
         }
     }
 
@@ -108,12 +114,14 @@ impl ChatServer {
             let Some(conv) = self.st.convs.get_mut(&cid) else { continue };
             conv.pushed_position = Some(pos);
             let conversation = conv.snapshot(Some(pos));
-            self.publish(Effect::Conversation {
+            self.publish_here(Effect::Conversation {
                 conversation,
                 customer: true,
                 agents: to_agents,
                 also: None,
                 exclude: None,
+                queued_at: 0,
+                version: None,
             });
         }
     }

@@ -33,6 +33,8 @@ pub const SERVER_MAILBOX: usize = 65_536;
 /// How often the agent accounts are reread, to notice accounts removed or
 /// passwords changed by `parley agent` while the server runs.
 const ACCOUNT_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Longest wait at shutdown for the writes in flight to commit.
+const DRAIN_WRITES_FOR: Duration = Duration::from_secs(5);
 /// Longest interval between looks for queued customers who left.
 const ABANDON_SWEEP_MAX: Duration = Duration::from_secs(5);
 
@@ -75,6 +77,19 @@ pub struct ChatServer {
     pub(super) replay: Vec<ClientRequest>,
     /// Conversations to reload from the store (a change of theirs was refused).
     pub(super) reload: Vec<String>,
+    /// What this node knows of the others (None: a single node).
+    pub(super) cluster: Option<super::cluster::Cluster>,
+    /// Effects the other nodes published, until `started` takes them.
+    pub(super) incoming: Option<tokio::sync::mpsc::Receiver<crate::backplane::Incoming>>,
+    /// Conversations whose message gap is to be read from the store.
+    pub(super) gaps: Vec<String>,
+}
+
+/// How a node meets the others: its backplane and, for a shared one, what
+/// the other nodes publish.
+pub struct Links {
+    pub backplane: Box<dyn Backplane>,
+    pub incoming: Option<tokio::sync::mpsc::Receiver<crate::backplane::Incoming>>,
 }
 
 impl ChatServer {
@@ -87,6 +102,7 @@ impl ChatServer {
         agents: Vec<AgentRow>,
         completions: UnboundedReceiver<Vec<Completion>>,
         webhooks: Webhooks,
+        links: Links,
     ) -> ChatServer {
         let mut rooms: HashMap<String, Room> = cfg
             .rooms
@@ -102,7 +118,10 @@ impl ChatServer {
             st: Routing { tick: 1, ..Default::default() },
             completions: Some(completions),
             webhooks,
-            backplane: crate::backplane::configured(),
+            cluster: links.backplane.shared().then(super::cluster::Cluster::new),
+            backplane: links.backplane,
+            incoming: links.incoming,
+            gaps: Vec::new(),
             jammed: Vec::new(),
             accounts_checking: false,
             room_status_dirty: false,
@@ -191,6 +210,12 @@ impl ChatServer {
         for m in std::mem::take(&mut self.replay) {
             self.client_request(m, ctx);
         }
+        for cid in std::mem::take(&mut self.gaps) {
+            self.fill_gap(cid, ctx);
+        }
+        if self.cluster.as_ref().is_some_and(|c| c.wants_beat()) {
+            self.heartbeat(ctx);
+        }
         for cid in std::mem::take(&mut self.reload) {
             let fut = self.store.conversation(&cid);
             ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
@@ -239,13 +264,14 @@ impl Actor for ChatServer {
             ctx.add_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         }
         // Agents holding conversations from before a restart get the grace
-        // period to come back.
+        // period to come back (in a cluster, those connected to no node: the
+        // first heartbeat tells).
         let grace = Duration::from_millis(self.cfg.agent_grace_ms);
         let waiting: Vec<String> = self
             .st
             .agents
             .iter()
-            .filter(|(_, a)| !a.active.is_empty() && a.sessions.is_empty())
+            .filter(|(_, a)| !a.active.is_empty() && a.sessions.is_empty() && self.cluster.is_none())
             .map(|(id, _)| id.clone())
             .collect();
         for id in waiting {
@@ -258,6 +284,9 @@ impl Actor for ChatServer {
         let sweep = (self.cfg.abandon_after.min(self.cfg.transfer_pass_over) / 4)
             .clamp(Duration::from_millis(100), ABANDON_SWEEP_MAX);
         ctx.run_interval(sweep, |act, ctx| act.sweep_abandoned(ctx));
+        if self.cluster.is_some() {
+            self.start_cluster(ctx);
+        }
         ctx.run_interval(ACCOUNT_CHECK_EVERY, |act, ctx| {
             if act.accounts_checking {
                 return;
@@ -324,8 +353,13 @@ impl Handler<Connect> for ChatServer {
                     a.availability = Availability::Online;
                     a.last_assigned = tick;
                 }
+                let first_here = a.sessions.is_empty();
                 a.sessions.insert(sid);
                 let ids: Vec<String> = a.active.iter().cloned().collect();
+                if first_here {
+                    // The other nodes learn at once that the agent is here.
+                    self.beat_soon();
+                }
                 self.st.presence_agents.insert(m.user.id.clone());
                 ids.iter().filter_map(|c| self.snapshot(c)).collect()
             }
@@ -482,16 +516,44 @@ impl Handler<GetStats> for ChatServer {
             active: self.st.convs.values().filter(|c| c.status == ConvStatus::Active).count(),
             agents_online: self.st.agents.values().filter(|a| !a.sessions.is_empty()).count(),
             pending_writes: self.pending.len(),
+            rooms: self
+                .st
+                .rooms
+                .iter()
+                .map(|(name, r)| (name.clone(), r.queue.len(), self.agents_online_in(name)))
+                .collect(),
         })
     }
 }
 
 impl Handler<Drain> for ChatServer {
-    type Result = ();
+    type Result = actix::ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
+    /// Tells every session to reconnect elsewhere (close 1001), lets the
+    /// writes in flight commit (up to [`DRAIN_WRITES_FOR`]), and gives up the
+    /// cluster lease, so that the other nodes take this node's agents for
+    /// gone at once rather than when the lease runs out.
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         for s in self.sessions.values() {
             s.outbox.do_send(Outbound::Close(close::GOING_AWAY, "server going away"));
         }
+        // Completes once every write submitted before it has.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(crate::store::WriteOp::Barrier, Pending::Barrier(tx));
+        let in_flight = self.pending.len() - 1;
+        let store = self.store.clone();
+        let node = self.cluster.as_ref().map(|_| self.cfg.node_id.clone());
+        Box::pin(actix::fut::wrap_future(async move {
+            match tokio::time::timeout(DRAIN_WRITES_FOR, rx).await {
+                Ok(_) => log::info!("drain: the {in_flight} write(s) in flight are settled"),
+                Err(_) => log::warn!("drain: writes still in flight after {DRAIN_WRITES_FOR:?}"),
+            }
+            if let Some(node) = node {
+                match store.release(&node).await {
+                    Ok(()) => log::info!("drain: gave up the cluster lease of {node}"),
+                    Err(e) => log::warn!("drain: cannot give up the cluster lease: {e}"),
+                }
+            }
+        }))
     }
 }

@@ -32,7 +32,21 @@ pub struct Conv {
     /// A routing change of it is submitted and not committed yet: memory
     /// changes when it commits, and routing requests about it wait till then.
     pub changing: bool,
+    /// Orders its routing states: the seq of the event of the change this
+    /// node holds (or the last seq read with it from the store); a state
+    /// from another node applies only over an older one.
+    pub version: u64,
+    /// Seq of the last message delivered to this node's sessions (a cluster
+    /// node delivers in seq order, filling gaps from the store).
+    pub delivered: u64,
+    /// Messages that arrived after a gap, waiting for it to be filled.
+    pub held: std::collections::BTreeMap<u64, HeldMessage>,
+    /// The gap is being read from the store.
+    pub filling: bool,
 }
+
+/// A message waiting for a gap before it: the message, `also`, `exclude`.
+pub type HeldMessage = (std::sync::Arc<crate::protocol::Message>, Option<String>, Option<u64>);
 
 /// The fields a state change touches, kept to undo it if storing it fails.
 #[derive(Debug, Clone)]
@@ -62,6 +76,10 @@ impl Conv {
             reads: HashMap::new(),
             contact_email: row.contact_email,
             changing: false,
+            version: row.last_seq,
+            delivered: row.last_seq,
+            held: Default::default(),
+            filling: false,
         }
     }
 
@@ -236,18 +254,26 @@ impl Routing {
     /// Moves a conversation to a new state, keeping every index (room queues,
     /// agent loads, customer's open list) in step. Called once the change is
     /// committed (or to match what the store holds).
+    /// Where a conversation queued at `queued_at` goes in `room`'s queue
+    /// (counted without it, if it is there already): by (queue time, id),
+    /// the order every node and the store agree on, ties included. Looked
+    /// for from the back, where nearly all arrive.
+    pub fn queue_index(&self, room: &str, cid: &str, queued_at: Ts) -> usize {
+        let Some(r) = self.rooms.get(room) else { return 0 };
+        let key = (queued_at, cid);
+        let requeued = self.convs.get(cid).is_some_and(|c| c.status == ConvStatus::Queued && c.room == room);
+        for (i, c) in r.queue.iter().enumerate().rev() {
+            if c != cid && self.convs.get(c).is_none_or(|c| (c.queued_at, c.id.as_str()) <= key) {
+                let before = requeued && r.queue.iter().take(i).any(|x| x == cid);
+                return i + 1 - usize::from(before);
+            }
+        }
+        0
+    }
+
     pub fn apply(&mut self, cid: &str, new: ConvCore, place: QueuePlace) {
         // Where its queue time puts it, among the others (for `ByTime`).
-        let by_time = match (place, new.status) {
-            (QueuePlace::ByTime, ConvStatus::Queued) => self.rooms.get(&new.room).map(|r| {
-                r.queue
-                    .iter()
-                    .filter(|c| c.as_str() != cid)
-                    .position(|c| self.convs.get(c).is_some_and(|c| c.queued_at > new.queued_at))
-                    .unwrap_or(r.queue.len().saturating_sub(usize::from(r.queue.iter().any(|c| c == cid))))
-            }),
-            _ => None,
-        };
+        let by_time = (new.status == ConvStatus::Queued).then(|| self.queue_index(&new.room, cid, new.queued_at));
         let Some(conv) = self.convs.get_mut(cid) else { return };
         let old = conv.core();
         if old.status == ConvStatus::Queued {
@@ -271,21 +297,11 @@ impl Routing {
             ConvStatus::Queued => {
                 conv.pushed_position = None;
                 if let Some(r) = self.rooms.get_mut(&new.room) {
-                    let at = match place {
-                        QueuePlace::Back => {
-                            r.queue.push_back(cid.to_string());
-                            r.queue.len() - 1
-                        }
-                        QueuePlace::Front => {
-                            r.queue.push_front(cid.to_string());
-                            0
-                        }
-                        QueuePlace::ByTime => {
-                            let at = by_time.unwrap_or(r.queue.len()).min(r.queue.len());
-                            r.queue.insert(at, cid.to_string());
-                            at
-                        }
-                    };
+                    // `place` chose the queue time (see `ChatServer::change`); the
+                    // queue is ordered by it everywhere.
+                    let _ = place;
+                    let at = by_time.unwrap_or(r.queue.len()).min(r.queue.len());
+                    r.queue.insert(at, cid.to_string());
                     mark_positions(&mut self.position_rooms, &new.room, at);
                 }
                 self.assign_rooms.insert(new.room.clone());

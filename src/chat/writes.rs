@@ -42,7 +42,7 @@ impl ChatServer {
                     | Pending::Send { reply, .. }
                     | Pending::Change { reply, .. }
                     | Pending::Rate { reply, .. } => reply,
-                    Pending::Read { .. } => ReplyTo::None,
+                    Pending::Read { .. } | Pending::Barrier(_) => ReplyTo::None,
                     Pending::Contact { reply, .. } => reply,
                 };
                 self.reply_error(reply, e);
@@ -63,6 +63,7 @@ impl ChatServer {
         event: serde_json::Value,
         body: String,
         reply: ReplyTo,
+        absent: Option<String>,
     ) {
         let Some(conv) = self.st.convs.get(cid) else { return };
         if conv.changing {
@@ -123,7 +124,9 @@ impl ChatServer {
             client_id: None,
             event: Some(event),
         };
-        let op = WriteOp::Update { expect, status, agent, room, queued_at, capacity, event: msg };
+        // One node knows its own sessions; a cluster's store checks the others'.
+        let absent = absent.filter(|_| self.cluster.is_some());
+        let op = WriteOp::Update { expect, status, agent, room, queued_at, capacity, absent, event: msg };
         self.submit(op, Pending::Change { reply, conv: cid.to_string(), new, place, also, incoming });
     }
 
@@ -148,6 +151,9 @@ impl ChatServer {
         if conv.changing {
             return; // a newer change is on its way; its outcome will tell
         }
+        if row.last_seq < conv.version {
+            return; // another node's newer change arrived meanwhile
+        }
         let core = ConvCore {
             status: row.status,
             agent: row.agent,
@@ -158,8 +164,10 @@ impl ChatServer {
         self.st.apply(&row.id, core, QueuePlace::ByTime);
         if let Some(c) = self.st.convs.get_mut(&row.id) {
             c.last_seq = c.last_seq.max(row.last_seq);
+            c.version = c.version.max(row.last_seq);
             c.rated = row.rated;
         }
+        // What the store holds: every node's sessions may have missed it.
         if let Some(conversation) = self.snapshot(&row.id) {
             self.publish(Effect::Conversation {
                 conversation,
@@ -167,6 +175,8 @@ impl ChatServer {
                 agents: true,
                 also: None,
                 exclude: None,
+                queued_at: row.queued_at,
+                version: Some(row.last_seq),
             });
         }
         self.st.assign_rooms.insert(row.room);
@@ -184,7 +194,17 @@ impl ChatServer {
                     exclude = Some(sid);
                 }
                 let conversation = snap.clone();
-                self.publish(Effect::Conversation { conversation, customer: true, agents: true, also: None, exclude });
+                let queued_at = snap.created_at;
+                let version = Some(0);
+                self.publish(Effect::Conversation {
+                    conversation,
+                    customer: true,
+                    agents: true,
+                    also: None,
+                    exclude,
+                    queued_at,
+                    version,
+                });
                 if self.webhooks.wants("conversation.created") {
                     self.webhooks.emit("conversation.created", json!({ "conversation": snap }));
                 }
@@ -237,10 +257,19 @@ impl ChatServer {
             (Pending::Send { reply, .. }, Err(e)) => self.reply_error(reply, e.into()),
             (Pending::Change { reply, conv, new, place, also, incoming }, Ok(outcome)) => {
                 self.change_settled(&conv, incoming.as_deref());
-                self.st.apply(&conv, new, place);
+                let version = match &outcome {
+                    WriteOutcome::Appended { message, .. } => message.seq,
+                    WriteOutcome::Done => 0,
+                };
+                let queued_at = new.queued_at;
+                // Another node's later change (made on this one) may have arrived first.
+                if self.st.convs.get(&conv).is_some_and(|c| version == 0 || c.version < version) {
+                    self.st.apply(&conv, new, place);
+                }
                 // The snapshot's last_seq counts the change's own event.
-                if let (WriteOutcome::Appended { message, .. }, Some(c)) = (&outcome, self.st.convs.get_mut(&conv)) {
-                    c.last_seq = c.last_seq.max(message.seq);
+                if let Some(c) = self.st.convs.get_mut(&conv) {
+                    c.last_seq = c.last_seq.max(version);
+                    c.version = c.version.max(version);
                 }
                 let Some(snap) = self.snapshot(&conv) else { return };
                 let mut exclude = None;
@@ -259,6 +288,8 @@ impl ChatServer {
                     agents: true,
                     also: also.clone(),
                     exclude,
+                    queued_at,
+                    version: Some(version),
                 });
                 if let WriteOutcome::Appended { message, .. } = outcome {
                     self.publish(Effect::Message { message: message.clone(), also, exclude: None });
@@ -312,6 +343,9 @@ impl ChatServer {
                 self.publish(Effect::Read { conversation: conv, from, seq });
             }
             (Pending::Read { .. }, Err(e)) => log::warn!("read marker not stored: {e}"),
+            (Pending::Barrier(tx), _) => {
+                let _ = tx.send(());
+            }
             (Pending::Contact { reply, conv, email }, res) => match res {
                 Ok(_) => {
                     if let Some(c) = self.st.convs.get_mut(&conv) {
@@ -328,6 +362,8 @@ impl ChatServer {
                             agents: true,
                             also: None,
                             exclude: None,
+                            queued_at: 0,
+                            version: None,
                         };
                         self.publish(e);
                     }
@@ -378,4 +414,6 @@ pub(super) enum Pending {
         conv: String,
         email: String,
     },
+    /// Everything submitted before it has completed (shutdown waits on it).
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }

@@ -255,7 +255,11 @@ pub async fn healthz() -> HttpResponse {
 
 pub async fn readyz(app: web::Data<AppState>) -> HttpResponse {
     match app.store.ping().await {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Ok(()) => match crate::backplane::redis::unready() {
+            // Its own sessions are served; the other nodes' effects do not arrive.
+            Some(reason) => HttpResponse::ServiceUnavailable().json(json!({"status": "unavailable", "reason": reason})),
+            None => HttpResponse::Ok().json(json!({"status": "ready"})),
+        },
         Err(e) => {
             log::warn!("readyz: {e}");
             HttpResponse::ServiceUnavailable()

@@ -4,7 +4,7 @@
 use super::AppState;
 use crate::chat::messages::GetStats;
 use actix_web::{web, HttpResponse};
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::OnceLock;
 
 pub struct Counters {
@@ -17,6 +17,18 @@ pub struct Counters {
     pub webhooks_dropped: IntCounter,
     pub sessions_jammed: IntCounter,
     pub store_commits: IntCounter,
+    pub backplane_published: IntCounter,
+    pub backplane_received: IntCounter,
+    pub backplane_dropped: IntCounter,
+    pub backplane_reconnects: IntCounter,
+    pub gaps_filled: IntCounter,
+    pub grace_expiries: IntCounter,
+    /// 1 while this node's cluster lease is renewed, 0 once it lapsed.
+    pub lease_held: IntGauge,
+    backplane_up: IntGauge,
+    /// Per room: conversations waiting, agents online (on any node).
+    room_queued: IntGaugeVec,
+    room_agents_online: IntGaugeVec,
     pub store_writes: IntCounter,
     /// Time from a group's start to its commit, seconds.
     store_commit_seconds: Histogram,
@@ -52,6 +64,12 @@ impl Counters {
     }
 }
 
+fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric name");
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric name");
     let _ = r.register(Box::new(g.clone()));
@@ -76,6 +94,45 @@ pub fn counters() -> &'static Counters {
             sessions_jammed: counter(&r, "parley_sessions_jammed_total", "Sessions closed with 4008 (queue overflow)"),
             store_commits: counter(&r, "parley_store_commits_total", "Store transactions committed (one fsync each)"),
             store_writes: counter(&r, "parley_store_writes_total", "Writes applied by the store, in its commits"),
+            backplane_published: counter(
+                &r,
+                "parley_backplane_published_total",
+                "Effects published to the other nodes (Redis)",
+            ),
+            backplane_received: counter(
+                &r,
+                "parley_backplane_received_total",
+                "Effects received from the other nodes (Redis)",
+            ),
+            backplane_dropped: counter(
+                &r,
+                "parley_backplane_dropped_total",
+                "Effects not published (Redis away or queue full); other nodes fill the gap from the store",
+            ),
+            backplane_reconnects: counter(
+                &r,
+                "parley_backplane_reconnects_total",
+                "Redis subscriptions re-established after a loss",
+            ),
+            gaps_filled: counter(
+                &r,
+                "parley_gaps_filled_total",
+                "Messages read from the store because the backplane skipped them",
+            ),
+            grace_expiries: counter(
+                &r,
+                "parley_grace_expiries_total",
+                "Agents whose grace period ended with their conversations re-queued by this node",
+            ),
+            lease_held: gauge(&r, "parley_cluster_lease_held", "1 while this node's cluster lease is renewed"),
+            backplane_up: gauge(&r, "parley_backplane_up", "1 while subscribed on Redis (absent without --redis)"),
+            room_queued: gauge_vec(&r, "parley_room_queued", "Conversations waiting in the room's queue", "room"),
+            room_agents_online: gauge_vec(
+                &r,
+                "parley_room_agents_online",
+                "Agents online in the room, on any node",
+                "room",
+            ),
             store_commit_seconds: histogram(
                 &r,
                 "parley_store_commit_seconds",
@@ -108,6 +165,13 @@ pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
         c.active.set(s.active as i64);
         c.agents_online.set(s.agents_online as i64);
         c.pending_writes.set(s.pending_writes as i64);
+        for (room, queued, online) in &s.rooms {
+            c.room_queued.with_label_values(&[room]).set(*queued as i64);
+            c.room_agents_online.with_label_values(&[room]).set(*online as i64);
+        }
+    }
+    if let Some(up) = crate::backplane::redis::up() {
+        c.backplane_up.set(up);
     }
     let mut buf = Vec::new();
     if TextEncoder::new().encode(&c.registry.gather(), &mut buf).is_err() {

@@ -131,6 +131,10 @@ pub enum WriteOp {
         queued_at: Ts,
         /// For an assignment: the most active conversations the new assignee may hold.
         capacity: Option<u32>,
+        /// Only if this user has no session on any live node of the cluster
+        /// (an agent's grace period, a customer who left the queue). One
+        /// SQLite node is the whole cluster: the caller checked its own sessions.
+        absent: Option<String>,
         event: NewMessage,
     },
     /// Records a rating of a closed conversation and appends the event;
@@ -190,6 +194,35 @@ pub trait Store: Send + Sync + 'static {
     fn read_markers(&self, conversation: &str) -> StoreFuture<Vec<(String, u64)>>;
     /// Answers when the database does.
     fn ping(&self) -> StoreFuture<()>;
+    /// Cluster membership: renews this node's lease for `ttl` and records
+    /// the users connected here (all of `users` when `full`, else the
+    /// changes); returns the users connected to the other live nodes, as
+    /// (user id, node id). One SQLite node has no cluster: nothing to record.
+    fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<Vec<(String, String)>> {
+        let _ = beat;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// The cluster's name, the same for every node on this database (channel
+    /// names on the backplane). One SQLite node has none.
+    fn cluster_id(&self) -> StoreFuture<String> {
+        Box::pin(async { Ok(String::new()) })
+    }
+    /// Gives up this node's lease (a clean shutdown): its users count as gone at once.
+    fn release(&self, node: &str) -> StoreFuture<()> {
+        let _ = node;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// One renewal of a node's lease (see [`Store::heartbeat`]).
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeat {
+    pub node: String,
+    pub ttl: std::time::Duration,
+    /// `add` is every user connected here: replace what was recorded.
+    pub full: bool,
+    pub add: Vec<String>,
+    pub remove: Vec<String>,
 }
 
 /// Account management, synchronous: the `parley agent` commands, which may

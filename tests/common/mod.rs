@@ -4,7 +4,9 @@
 //! reqwest). Every wait has a timeout; nothing here can hang a test.
 #![allow(dead_code, clippy::result_large_err)]
 
+pub mod cluster;
 pub mod pg;
+pub mod traffic;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -161,6 +163,32 @@ impl Server {
     /// The server's process id (to read its memory and CPU from /proc).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server running").id()
+    }
+
+    /// A process started otherwise (nginx in front of a cluster), at `addr`.
+    pub fn adopt(addr: String, child: Child) -> Server {
+        let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("IP:PORT");
+        Server { addr, port, dir: data_dir(), child: Some(child), stdout: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// SIGTERM the process and wait (at most `wait`, then SIGKILL) for it
+    /// to exit: how long it took, and its exit status.
+    pub fn terminate(&mut self, wait: Duration) -> (Duration, std::process::ExitStatus) {
+        let mut child = self.child.take().expect("server running");
+        let started = std::time::Instant::now();
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the server") {
+                return (started.elapsed(), status);
+            }
+            if started.elapsed() > wait {
+                let _ = child.kill();
+                let status = child.wait().expect("reap the server");
+                return (started.elapsed(), status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL the process and reap it; the data dir stays.

@@ -214,9 +214,7 @@ impl Store for PgStore {
 
     fn open_conversations(&self) -> StoreFuture<Vec<ConvRow>> {
         self.read(|c| async move {
-            let sql = format!(
-                "SELECT {CONV_COLS} FROM conversations WHERE status <> 'closed' ORDER BY queued_at, created_at"
-            );
+            let sql = format!("SELECT {CONV_COLS} FROM conversations WHERE status <> 'closed' ORDER BY queued_at, id");
             Ok(c.query(&sql, &[]).await?.iter().map(conv_from_row).collect())
         })
     }
@@ -233,5 +231,58 @@ impl Store for PgStore {
 
     fn ping(&self) -> StoreFuture<()> {
         self.read(|c| async move { c.query_one("SELECT 1", &[]).await.map(|_| ()) })
+    }
+
+    fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<Vec<(String, String)>> {
+        self.read(move |mut c| async move {
+            let ttl_ms = beat.ttl.as_millis() as f64;
+            let tx = c.transaction().await?;
+            tx.execute(
+                "INSERT INTO cluster_nodes (id, expires_at) VALUES ($1, now() + $2 * interval '1 millisecond')
+                 ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                &[&beat.node, &ttl_ms],
+            )
+            .await?;
+            if beat.full {
+                tx.execute("DELETE FROM cluster_presence WHERE node_id = $1", &[&beat.node]).await?;
+            } else if !beat.remove.is_empty() {
+                tx.execute(
+                    "DELETE FROM cluster_presence WHERE node_id = $1 AND user_id = ANY($2)",
+                    &[&beat.node, &beat.remove],
+                )
+                .await?;
+            }
+            if !beat.add.is_empty() {
+                tx.execute(
+                    "INSERT INTO cluster_presence (node_id, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u
+                     ON CONFLICT DO NOTHING",
+                    &[&beat.node, &beat.add],
+                )
+                .await?;
+            }
+            // Nodes gone for a minute are forgotten (any node may do it; their
+            // presence rows go with them).
+            tx.execute("DELETE FROM cluster_nodes WHERE expires_at < now() - interval '1 minute'", &[]).await?;
+            let rows = tx
+                .query(
+                    "SELECT p.user_id, p.node_id FROM cluster_presence p JOIN cluster_nodes n ON n.id = p.node_id
+                     WHERE n.expires_at > now() AND p.node_id <> $1",
+                    &[&beat.node],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn cluster_id(&self) -> StoreFuture<String> {
+        self.read(|c| async move { c.query_one("SELECT id FROM cluster_meta", &[]).await.map(|r| r.get(0)) })
+    }
+
+    fn release(&self, node: &str) -> StoreFuture<()> {
+        let node = node.to_string();
+        self.read(
+            move |c| async move { c.execute("DELETE FROM cluster_nodes WHERE id = $1", &[&node]).await.map(|_| ()) },
+        )
     }
 }

@@ -8,7 +8,10 @@ use crate::store::{AgentRow, ConvRow};
 use tokio_postgres::Row;
 
 /// The migrations, in order; `parley_migrations` records those applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/postgres/0001_init.sql"),
+    include_str!("../../../migrations/postgres/0002_cluster.sql"),
+];
 
 /// Key of the advisory lock held while migrating ("parley" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7061_726c_6579;

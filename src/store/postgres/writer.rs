@@ -264,11 +264,24 @@ async fn apply(
             let message = append(g, &m.conversation, m.clone());
             Ok(Ok(WriteOutcome::Appended { message, duplicate: false }))
         }
-        WriteOp::Update { expect, status, agent, room, queued_at, capacity, event } => {
+        WriteOp::Update { expect, status, agent, room, queued_at, capacity, absent, event } => {
             let id = &event.conversation;
             let Some(conv) = g.locked.get(id) else { return Ok(Err(not_found(id))) };
             if let Err(refused) = check(id, conv, expect) {
                 return Ok(Err(refused));
+            }
+            if let Some(user) = absent {
+                let here: Option<String> = tx
+                    .query_opt(
+                        "SELECT p.node_id FROM cluster_presence p JOIN cluster_nodes n ON n.id = p.node_id
+                         WHERE p.user_id = $1 AND n.expires_at > now() LIMIT 1",
+                        &[user],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                if let Some(node) = here {
+                    return Ok(Err(StoreError::Conflict(format!("{user} is still connected (node {node})"))));
+                }
             }
             if let (Some(a), Some(max)) = (agent, capacity) {
                 // The agent's row lock orders assignments to them across writers.

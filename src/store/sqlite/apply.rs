@@ -180,7 +180,8 @@ pub(super) fn apply(
             }
             Ok(Ok(WriteOutcome::Appended { message: Arc::new(message), duplicate: false }))
         }
-        WriteOp::Update { expect, status, agent, room, queued_at, capacity, event } => {
+        // `absent` is for a cluster; a SQLite node is alone (see WriteOp::Update).
+        WriteOp::Update { expect, status, agent, room, queued_at, capacity, absent: _, event } => {
             let Some(last_seq) = conv_seq(tx, seqs, tails, group, &event.conversation)?.map(|c| c.last_seq) else {
                 return Ok(Err(StoreError::NotFound(format!("no conversation {}", event.conversation))));
             };

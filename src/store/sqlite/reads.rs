@@ -162,7 +162,7 @@ impl Store for SqliteStore {
 /// Every conversation that is not closed, oldest in the queue first.
 pub(super) fn open_conversations(conn: &Connection) -> rusqlite::Result<Vec<ConvRow>> {
     conn.prepare_cached(&format!(
-        "SELECT {CONV_COLS} FROM conversations WHERE status != 'closed' ORDER BY queued_at, created_at"
+        "SELECT {CONV_COLS} FROM conversations WHERE status != 'closed' ORDER BY queued_at, id"
     ))?
     .query_map([], conv_from_row)?
     .collect()
