@@ -20,6 +20,10 @@ const AGENTS_PW: &str = "agent-password-1";
 /// Flags for load through one proxy address: no per-address caps.
 const OPEN_LIMITS: &[&str] = &["--max-conns-per-address", "0", "--opens-per-minute", "0"];
 
+/// The tests that put four nodes under traffic take turns: two at once on
+/// two cores would measure the machine, not the cluster.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn skip() -> bool {
     if common::pg::base_url().is_none() {
         eprintln!("PARLEY_TEST_DATABASE=none: cluster tests skipped");
@@ -159,6 +163,7 @@ async fn a_node_killed_under_traffic_loses_nothing() {
     if skip() {
         return;
     }
+    let _turn = HEAVY.lock().await;
     let (mut c, nginx) = start_four(&machine_redis()).expect("cluster");
     let t = steady_traffic(&nginx.front, 10, 200).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -185,6 +190,7 @@ async fn a_node_stopped_with_sigterm_drains_within_ten_seconds() {
     if skip() {
         return;
     }
+    let _turn = HEAVY.lock().await;
     let (mut c, nginx) = start_four(&machine_redis()).expect("cluster");
     let t = steady_traffic(&nginx.front, 10, 200).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -212,6 +218,7 @@ async fn redis_restarted_under_traffic_loses_nothing() {
     if skip() {
         return;
     }
+    let _turn = HEAVY.lock().await;
     let mut redis = OwnRedis::start();
     let (c, nginx) = start_four(&redis.url()).expect("cluster");
     for n in c.running() {
@@ -251,6 +258,7 @@ async fn capacity_holds_cluster_wide_and_the_queue_drains_oldest_first() {
     if skip() {
         return;
     }
+    let _turn = HEAVY.lock().await;
     let agents = [("a1", AGENTS_PW, 3), ("a2", AGENTS_PW, 3), ("a3", AGENTS_PW, 2), ("a4", AGENTS_PW, 2)];
     let c = Cluster::start(4, &machine_redis(), &agents, OPEN_LIMITS).expect("cluster");
     let caps: HashMap<&str, i64> = agents.iter().map(|(n, _, m)| (*n, *m as i64)).collect();
