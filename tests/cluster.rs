@@ -32,6 +32,12 @@ fn skip() -> bool {
     false
 }
 
+/// A series of a node's /metrics (the first sample whose name and labels match).
+async fn metric(srv: &Server, series: &str) -> Option<f64> {
+    let text = http().get(srv.url("/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 async fn get_status(srv: &Server, path: &str) -> u16 {
     match http().get(srv.url(path)).send().await {
         Ok(r) => r.status().as_u16(),
@@ -124,6 +130,17 @@ async fn customer_and_agents_on_three_nodes_chat_type_read_and_transfer() {
     // Ann, on node 2, no longer holds it: only the assignee may transfer.
     let e = ann.call_err(json!({"type":"transfer","conversation":cid,"to_room":"support"}), "forbidden").await;
     assert_eq!(e["code"], "forbidden");
+
+    // What /metrics says of it, on every node.
+    for n in [n1, n2, n3] {
+        assert!(metric(n, "parley_backplane_published_total").await.unwrap_or(0.0) > 0.0, "published on {}", n.addr);
+        assert!(metric(n, "parley_backplane_received_total").await.unwrap_or(0.0) > 0.0, "received on {}", n.addr);
+        assert_eq!(metric(n, "parley_backplane_up").await, Some(1.0));
+        assert_eq!(metric(n, "parley_cluster_lease_held").await, Some(1.0));
+        // Ann and Bob are online in support, one on node 2 and one on node 3: every node counts both.
+        assert_eq!(metric(n, "parley_room_agents_online{room=\"support\"}").await, Some(2.0), "on {}", n.addr);
+        assert_eq!(metric(n, "parley_room_queued{room=\"support\"}").await, Some(0.0));
+    }
 }
 
 /// Agents (10, 20 conversations each) and 200 customers through nginx.
@@ -242,12 +259,15 @@ async fn redis_restarted_under_traffic_loses_nothing() {
     eprintln!("Redis restarted under traffic: {tally:?}");
     assert!(tally.acked > 500, "too little traffic to judge: {tally:?}");
     assert_eq!((tally.lost, tally.duplicated, tally.out_of_order), (0, 0, 0), "{tally:?}");
-    let metrics = http().get(c.node(0).url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let reconnects = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("parley_backplane_reconnects_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
-    assert!(reconnects.unwrap_or(0.0) >= 1.0, "no backplane reconnect counted: {reconnects:?}");
+    let (mut reconnects, mut filled) = (0.0, 0.0);
+    for n in c.running() {
+        let r = metric(n, "parley_backplane_reconnects_total").await.unwrap_or(0.0);
+        assert!(r >= 1.0, "no backplane reconnect counted on {}", n.addr);
+        reconnects += r;
+        filled += metric(n, "parley_gaps_filled_total").await.unwrap_or(0.0);
+    }
+    eprintln!("Redis restart: {reconnects} resubscriptions, {filled} messages filled from the store");
+    assert!(filled > 0.0, "what Redis lost was not read from the store");
 }
 
 // 5. 100 customers open at once over four nodes, against a total agent
