@@ -100,6 +100,9 @@ def main(results_path, out):
             md.append(f"| {NAMES[t]} | {carried(s, 10)} | {carried(s, 50)} | {bad} |")
         md.append("")
 
+    cluster = "docs/bench-cluster.md"
+    if os.path.exists(cluster):  # from `scripts/bench cluster`, a run of its own
+        md.append("<!-- cluster: scripts/bench cluster -->\n" + open(cluster).read() + "\n<!-- /cluster -->\n")
     idles = [(t, by[(t, "idle")]) for t in targets if (t, "idle") in by]
     if idles:
         md.append("## Idle connections\n")

@@ -45,6 +45,20 @@ struct Cli {
     /// Server process id, to read its memory and CPU from /proc.
     #[arg(long, global = true)]
     pid: Option<u32>,
+    /// More server processes (a cluster's other nodes), comma separated:
+    /// their CPU counts with --pid's.
+    #[arg(long, global = true, value_delimiter = ',')]
+    also_pids: Vec<u32>,
+    /// Other processes whose CPU per message is reported apart, NAME=PID or
+    /// NAME=comm:PROCESSNAME (every process of that name, e.g. postgres),
+    /// comma separated (a cluster's Redis, nginx and PostgreSQL).
+    #[arg(long, global = true, value_delimiter = ',')]
+    cost_pids: Vec<String>,
+    /// A cluster's nodes (IP:PORT, each started with --node-id IP:PORT):
+    /// each conversation's agent connects straight to a node other than the
+    /// one its customer reached through --server (nginx).
+    #[arg(long, global = true, value_delimiter = ',')]
+    agent_servers: Vec<SocketAddr>,
     /// Source addresses to spread connections over: 127.0.0.2 .. 127.0.0.(N+1)
     /// (each address gives about 28,000 ports).
     #[arg(long, global = true, default_value_t = 1)]
@@ -199,6 +213,17 @@ async fn run(cli: Cli) -> Result<Value, String> {
     let ctx = Ctx {
         server: cli.server,
         pid: cli.pid,
+        also_pids: cli.also_pids.clone(),
+        costs: cli
+            .cost_pids
+            .iter()
+            .map(|s| match s.split_once('=') {
+                Some((n, p)) if p.starts_with("comm:") => Ok((n.to_string(), Cost::Comm(p[5..].to_string()))),
+                Some((n, p)) if p.parse::<u32>().is_ok() => Ok((n.to_string(), Cost::Pid(p.parse().unwrap_or(0)))),
+                _ => Err(format!("--cost-pids: `{s}` is not NAME=PID or NAME=comm:PROCESSNAME")),
+            })
+            .collect::<Result<_, _>>()?,
+        agent_servers: cli.agent_servers.clone(),
         sources: cli.sources.max(1),
         target: cli.target,
         next: RefCell::new(0),
@@ -230,6 +255,9 @@ async fn run(cli: Cli) -> Result<Value, String> {
 struct Ctx {
     server: SocketAddr,
     pid: Option<u32>,
+    also_pids: Vec<u32>,
+    costs: Vec<(String, Cost)>,
+    agent_servers: Vec<SocketAddr>,
     sources: u8,
     target: Target,
     next: RefCell<usize>,
@@ -239,7 +267,7 @@ struct Ctx {
 
 /// Parley's store commits and writes so far, from `GET /metrics` (None on a relay).
 async fn store_counters(ctx: &Ctx) -> Option<(u64, u64)> {
-    if ctx.target != Target::Parley {
+    if ctx.target != Target::Parley || !ctx.agent_servers.is_empty() {
         return None;
     }
     let text = reqwest::get(format!("http://{}/metrics", ctx.server)).await.ok()?.text().await.ok()?;
@@ -264,6 +292,10 @@ async fn connect(ctx: &Ctx) -> Result<(Tx, Rx), String> {
 }
 
 async fn connect_path(ctx: &Ctx, path: &str) -> Result<(Tx, Rx), String> {
+    connect_to(ctx, ctx.server, path).await
+}
+
+async fn connect_to(ctx: &Ctx, server: SocketAddr, path: &str) -> Result<(Tx, Rx), String> {
     let n = {
         let mut next = ctx.next.borrow_mut();
         *next += 1;
@@ -274,9 +306,9 @@ async fn connect_path(ctx: &Ctx, path: &str) -> Result<(Tx, Rx), String> {
         let src = Ipv4Addr::new(127, 0, 0, 2 + (n % ctx.sources as usize) as u8);
         sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).map_err(|e| format!("bind {src}: {e}"))?;
     }
-    let stream = sock.connect(ctx.server).await.map_err(|e| format!("connect {}: {e}", ctx.server))?;
+    let stream = sock.connect(server).await.map_err(|e| format!("connect {server}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let url = format!("ws://{}{path}", ctx.server);
+    let url = format!("ws://{server}{path}");
     let (ws, _) =
         tokio_tungstenite::client_async(url, stream).await.map_err(|e| format!("websocket handshake: {e}"))?;
     Ok(ws.split())
@@ -354,6 +386,8 @@ struct Customer {
     rx: Rx,
     token: String,
     conv: String,
+    /// The node it reached (`welcome.node`).
+    node: String,
 }
 
 async fn customer(ctx: &Ctx, name: &str) -> Result<Customer, String> {
@@ -367,6 +401,7 @@ async fn customer(ctx: &Ctx, name: &str) -> Result<Customer, String> {
         rx,
         token: w["token"].as_str().unwrap_or_default().to_string(),
         conv: c["conversation"]["id"].as_str().unwrap_or_default().to_string(),
+        node: w["node"].as_str().unwrap_or_default().to_string(),
     })
 }
 
@@ -403,7 +438,11 @@ struct Agent {
 }
 
 async fn agent(ctx: &Ctx, token: &str) -> Result<Agent, String> {
-    let (mut tx, mut rx) = connect(ctx).await?;
+    agent_at(ctx, ctx.server, token).await
+}
+
+async fn agent_at(ctx: &Ctx, server: SocketAddr, token: &str) -> Result<Agent, String> {
+    let (mut tx, mut rx) = connect_to(ctx, server, "/ws").await?;
     send(&mut tx, &json!({"type": "hello", "role": "agent", "token": token})).await?;
     until(&mut rx, "welcome", |v| v["type"] == "welcome").await?;
     Ok(Agent { tx, rx })
@@ -415,12 +454,45 @@ fn is_assignment(v: &Value, conv: &str) -> bool {
 
 // ---------------------------------------------------------------- measurements
 
+/// CPU seconds of the server's processes (--pid and --also-pids) so far.
+fn server_cpu(ctx: &Ctx) -> Option<f64> {
+    let first = proc_cpu_secs(ctx.pid?)?;
+    Some(first + ctx.also_pids.iter().filter_map(|p| proc_cpu_secs(*p)).sum::<f64>())
+}
+
 fn proc_rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// utime + stime of a process, in seconds (USER_HZ = 100 on Linux).
+/// CPU seconds of a cost entry: one process, or (`comm:NAME`) every process
+/// of that name now (PostgreSQL's backends).
+fn cost_cpu_secs(what: &Cost) -> Option<f64> {
+    match what {
+        Cost::Pid(p) => proc_cpu_secs(*p),
+        Cost::Comm(name) => {
+            let mut total = 0.0;
+            for e in std::fs::read_dir("/proc").ok()?.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+                let comm = s.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c);
+                if comm == Some(name.as_str()) {
+                    total += proc_cpu_secs(pid).unwrap_or(0.0);
+                }
+            }
+            Some(total)
+        }
+    }
+}
+
+/// A process (or processes) whose CPU per message is reported apart.
+#[derive(Clone, Debug)]
+enum Cost {
+    Pid(u32),
+    Comm(String),
+}
+
 fn proc_cpu_secs(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = s.rsplit_once(')')?.1;
@@ -747,6 +819,19 @@ fn rand_fraction() -> f64 {
 /// receives only its own conversation's traffic.
 async fn pair(ctx: &Ctx, i: usize, a: &AgentAccounts) -> Result<(Customer, Agent), String> {
     let token = login(ctx, &format!("{}{i}", a.agent_prefix), &a.agent_password).await?;
+    if !ctx.agent_servers.is_empty() {
+        // A cluster: the customer first (through nginx), then the agent on another node.
+        let c = customer(ctx, &format!("c{i}")).await?;
+        let others: Vec<SocketAddr> = ctx.agent_servers.iter().copied().filter(|s| s.to_string() != c.node).collect();
+        let server = others.get(i % others.len().max(1)).copied().unwrap_or(ctx.server);
+        let mut ag = agent_at(ctx, server, &token).await?;
+        send(&mut ag.tx, &json!({"type": "join", "room": "support", "ref": "j"})).await?;
+        let conv = c.conv.clone();
+        until(&mut ag.rx, "assignment", |v| is_assignment(v, &conv)).await?;
+        send(&mut ag.tx, &json!({"type": "leave", "room": "support", "ref": "l"})).await?;
+        until(&mut ag.rx, "leave ack", |v| v["ref"] == "l").await?;
+        return Ok((c, ag));
+    }
     let mut ag = agent(ctx, &token).await?;
     send(&mut ag.tx, &json!({"type": "join", "room": "support", "ref": "j"})).await?;
     until(&mut ag.rx, "room", |v| v["ref"] == "j").await?;
@@ -810,7 +895,8 @@ async fn run_load(
 ) -> Result<Value, String> {
     let load = Rc::new(RefCell::new(Load::new()));
     let per_sec = rate as f64 / (2 * pairs.len().max(1)) as f64;
-    let cpu0 = ctx.pid.and_then(proc_cpu_secs);
+    let cpu0 = server_cpu(ctx);
+    let costs0: Vec<Option<f64>> = ctx.costs.iter().map(|(_, c)| cost_cpu_secs(c)).collect();
     let own0 = proc_cpu_secs(std::process::id());
     let store0 = store_counters(ctx).await;
     let started = Instant::now();
@@ -828,10 +914,11 @@ async fn run_load(
     }
     progress.abort();
     let wall = started.elapsed().as_secs_f64();
-    let cpu = match (cpu0, ctx.pid.and_then(proc_cpu_secs)) {
+    let cpu = match (cpu0, server_cpu(ctx)) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    let costs1: Vec<Option<f64>> = ctx.costs.iter().map(|(_, c)| cost_cpu_secs(c)).collect();
     // Writes per SQLite commit (each commit is one fsync) during the run.
     let writes_per_commit = match (store0, store_counters(ctx).await) {
         (Some((c0, w0)), Some((c1, w1))) if c1 > c0 => Some(round3((w1 - w0) as f64 / (c1 - c0) as f64)),
@@ -859,6 +946,14 @@ async fn run_load(
         "server_cpu_secs": cpu.map(round3),
         "store_writes_per_commit": writes_per_commit,
         "server_cpu_secs_per_million": cpu.map(|c| round3(c / (l.delivered.max(1) as f64) * 1e6)),
+        // Other processes' CPU per million delivered (a cluster's Redis, nginx).
+        "other_cpu_secs_per_million": ctx.costs.iter().zip(costs0.iter().zip(&costs1)).map(|((name, _), (a, b))| {
+            let v = match (a, b) {
+                (Some(a), Some(b)) => json!(round3((b - a) / (l.delivered.max(1) as f64) * 1e6)),
+                _ => Value::Null,
+            };
+            (name.clone(), v)
+        }).collect::<serde_json::Map<String, Value>>(),
         // The load generator's own share of its core: near 1.0, it, not the server, is the limit.
         "load_cpu_fraction": match (own0, proc_cpu_secs(std::process::id())) {
             (Some(a), Some(b)) => Some(round3((b - a) / wall)),
@@ -981,6 +1076,9 @@ async fn storm(ctx: &Ctx, n: usize, a: &AgentAccounts) -> Result<Value, String> 
             let ctx = Ctx {
                 server,
                 pid: None,
+                also_pids: Vec::new(),
+                costs: Vec::new(),
+                agent_servers: Vec::new(),
                 sources,
                 target: Target::Parley,
                 next: RefCell::new(rand_index()),
@@ -1123,6 +1221,9 @@ async fn churn(ctx: &Ctx, p: ChurnPlan, a: &AgentAccounts) -> Result<Value, Stri
             let ctx = Ctx {
                 server,
                 pid: None,
+                also_pids: Vec::new(),
+                costs: Vec::new(),
+                agent_servers: Vec::new(),
                 sources,
                 target: Target::Parley,
                 next: RefCell::new(w * 1000),

@@ -460,11 +460,17 @@ impl ChatServer {
                 let (id, last_seq, queued_at) = (row.id.clone(), row.last_seq, row.queued_at);
                 let conversation = Conv::from_row(row).snapshot(None);
                 act.absorb_row(&conversation, queued_at, last_seq);
-                // Messages this node's sessions have not had.
+                // Messages this node's sessions have not had (read only where
+                // somebody here is in the conversation's audience).
+                let local = act.st.convs.get(&id).is_some_and(|c| act.has_local_members(c));
                 if let Some(c) = act.st.convs.get_mut(&id) {
                     if c.delivered < last_seq && !c.filling {
-                        c.filling = true;
-                        act.gaps.push(id);
+                        if local {
+                            c.filling = true;
+                            act.gaps.push(id);
+                        } else {
+                            c.delivered = last_seq;
+                        }
                     }
                 }
             }

@@ -172,6 +172,14 @@ fn nginx_bin() -> String {
     panic!("nginx is not installed: `apt-get install -y nginx` (scripts/test does it)");
 }
 
+impl Drop for Nginx {
+    /// A clean stop: SIGTERM to the master, which takes its workers along
+    /// (SIGKILL would leave them serving the port).
+    fn drop(&mut self) {
+        self.front.terminate(Duration::from_secs(5));
+    }
+}
+
 impl Nginx {
     pub fn start(nodes: &[&Server]) -> Nginx {
         let conf =
