@@ -480,3 +480,30 @@ fn redis_without_postgresql_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--redis") && err.contains("--database postgres://"), "{err}");
 }
+
+// An agent's sessions on two nodes are one agent: "away" said on one node
+// holds on the other (no node assigns to them), and "online" again is
+// online everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn away_on_one_node_is_away_on_every_node() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3, &machine_redis(), &[("twin", AGENTS_PW, 5)], &[]).expect("cluster");
+    let mut on1 = Client::agent_in(c.node(0), "twin", AGENTS_PW, "support").await;
+    let mut on2 = Client::agent_in(c.node(1), "twin", AGENTS_PW, "support").await;
+    on1.call(json!({"type":"status","availability":"away"}), "ack").await;
+    // The other session hears it (presence), so node 2 knows.
+    on2.recv_until("twin away, on node 2", |f| is_type(f, "presence") && f["availability"] == "away").await;
+    let mut cust = Client::customer(c.node(2), "Gus").await;
+    let conv = cust.open("support").await;
+    let cid = str_of(&conv, "id").to_string();
+    assert_eq!(conv["status"], "queued", "{conv}");
+    cust.expect_none(Duration::from_secs(2), "an assignment while the only agent is away", |f| {
+        is_type(f, "conversation") && f["conversation"]["status"] == "active"
+    })
+    .await;
+    on1.call(json!({"type":"status","availability":"online"}), "ack").await;
+    let active = cust.recv_conversation(&cid, "assignment once twin is back", |c| c["status"] == "active").await;
+    assert_eq!(active["agent"]["name"], "twin");
+}

@@ -65,7 +65,14 @@ pub enum Effect {
     /// A member's read mark moved.
     Read { conversation: String, from: User, seq: u64 },
     /// An agent's availability or load in a room, to the sessions that joined it.
-    Presence { presence: Presence, exclude: Option<u64> },
+    Presence {
+        presence: Presence,
+        exclude: Option<u64>,
+        /// When the agent's availability was last set (Unix ms): another node
+        /// takes it up only over an older setting.
+        #[serde(default)]
+        since: Ts,
+    },
     /// Whether anyone is online to answer in a room, to every customer.
     RoomStatus { room: String, online: bool },
 }

@@ -102,6 +102,7 @@ impl ChatServer {
     pub(super) fn requeue_all(&mut self, agent_id: &str, reason: &str, why: &str) {
         let Some(a) = self.st.agents.get_mut(agent_id) else { return };
         a.availability = Availability::Offline;
+        a.availability_at = protocol::now_ms();
         let user = a.user.clone();
         // Each goes to the front in turn, newest first: the oldest ends up first.
         let mut active: Vec<(protocol::Ts, String)> =

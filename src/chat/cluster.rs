@@ -165,7 +165,7 @@ impl ChatServer {
         for (room, agent) in gone {
             self.room_status_dirty = true;
             if let Some(p) = self.presence_here(&room, &agent) {
-                self.deliver(Effect::Presence { presence: p, exclude: None });
+                self.deliver(Effect::Presence { presence: p, exclude: None, since: 0 });
             }
         }
         // Agents holding conversations, connected nowhere, not yet counting down.
@@ -290,8 +290,25 @@ impl ChatServer {
                     version,
                 });
             }
-            Effect::Presence { presence, exclude } => {
+            Effect::Presence { presence, exclude, since } => {
                 let key = (presence.room.clone(), presence.agent.id.clone());
+                // The same agent connected here too: one agent, one availability
+                // (away on one node is away on all, and no node assigns to them).
+                if presence.availability != Availability::Offline {
+                    if let Some(a) = self.st.agents.get_mut(&key.1) {
+                        let newer = since > a.availability_at;
+                        if !a.sessions.is_empty() && newer && a.availability != presence.availability {
+                            a.availability = presence.availability;
+                            a.availability_at = since;
+                            if presence.availability == Availability::Online {
+                                let id = key.1.clone();
+                                let rooms = self.st.rooms.iter().filter(|(_, r)| r.agents.contains_key(&id));
+                                let rooms: Vec<String> = rooms.map(|(n, _)| n.clone()).collect();
+                                self.st.assign_rooms.extend(rooms);
+                            }
+                        }
+                    }
+                }
                 if let Some(c) = self.cluster.as_mut() {
                     let nodes = c.presence.entry(key.clone()).or_default();
                     if presence.availability == Availability::Offline {
@@ -305,7 +322,7 @@ impl ChatServer {
                 }
                 self.room_status_dirty = true;
                 let presence = self.presence_here(&key.0, &key.1).unwrap_or(presence);
-                self.deliver(Effect::Presence { presence, exclude });
+                self.deliver(Effect::Presence { presence, exclude, since });
             }
             other => self.deliver(other),
         }

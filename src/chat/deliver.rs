@@ -85,7 +85,7 @@ impl ChatServer {
                 let Some(sids) = self.conversation_members(conversation) else { return };
                 (sids, None)
             }
-            Effect::Presence { presence, exclude } => {
+            Effect::Presence { presence, exclude, .. } => {
                 let sids = self.st.rooms.get(&presence.room).map(|r| r.sessions.iter().copied().collect());
                 (sids.unwrap_or_default(), *exclude)
             }

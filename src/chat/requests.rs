@@ -214,6 +214,7 @@ impl ChatServer {
                 if let Some(a) = self.st.agents.get_mut(&who.user.id) {
                     if a.availability != availability {
                         a.availability = availability;
+                        a.availability_at = now_ms();
                         self.st.presence_agents.insert(who.user.id.clone());
                         if availability == Availability::Online {
                             self.st.assign_rooms.extend(
@@ -372,8 +373,9 @@ impl ChatServer {
         self.send(sid, &f);
         if newly_present {
             self.room_status_dirty = true;
-            if let Some(presence) = self.st.agents.get(&who.user.id).map(|a| a.presence(&room, true)) {
-                self.publish(Effect::Presence { presence, exclude: Some(sid) });
+            if let Some(a) = self.st.agents.get(&who.user.id) {
+                let (presence, since) = (a.presence(&room, true), a.availability_at);
+                self.publish(Effect::Presence { presence, exclude: Some(sid), since });
             }
         }
         self.st.assign_rooms.insert(room);

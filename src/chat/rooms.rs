@@ -82,6 +82,7 @@ impl ChatServer {
 
     pub(super) fn broadcast_presence(&mut self, agent_id: &str) {
         let Some(a) = self.st.agents.get(agent_id) else { return };
+        let since = a.availability_at;
         let mut out = Vec::new();
         for (name, room) in &self.st.rooms {
             if room.agents.contains_key(agent_id) {
@@ -89,7 +90,7 @@ impl ChatServer {
             }
         }
         for presence in out {
-            self.publish(Effect::Presence { presence, exclude: None });
+            self.publish(Effect::Presence { presence, exclude: None, since });
         }
     }
 

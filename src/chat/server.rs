@@ -150,6 +150,7 @@ impl ChatServer {
                             bot: false,
                             sessions: HashSet::new(),
                             availability: Availability::Offline,
+                            availability_at: 0,
                             active: Default::default(),
                             incoming: Default::default(),
                             last_assigned: 0,
@@ -175,6 +176,7 @@ impl ChatServer {
             bot: a.bot,
             sessions: HashSet::new(),
             availability: Availability::Offline,
+            availability_at: 0,
             active: Default::default(),
             incoming: Default::default(),
             last_assigned: 0,
@@ -335,6 +337,7 @@ impl Handler<Connect> for ChatServer {
                         bot: false,
                         sessions: HashSet::new(),
                         availability: Availability::Offline,
+                        availability_at: 0,
                         active: Default::default(),
                         incoming: Default::default(),
                         last_assigned: 0,
@@ -351,6 +354,7 @@ impl Handler<Connect> for ChatServer {
                 }
                 if a.sessions.is_empty() && a.availability == Availability::Offline {
                     a.availability = Availability::Online;
+                    a.availability_at = crate::protocol::now_ms();
                     a.last_assigned = tick;
                 }
                 let first_here = a.sessions.is_empty();

@@ -76,8 +76,9 @@ impl ChatServer {
         };
         if gone {
             self.room_status_dirty = true;
-            if let Some(presence) = self.st.agents.get(agent_id).map(|a| a.presence(room, false)) {
-                self.publish(Effect::Presence { presence, exclude: None });
+            if let Some(a) = self.st.agents.get(agent_id) {
+                let (presence, since) = (a.presence(room, false), a.availability_at);
+                self.publish(Effect::Presence { presence, exclude: None, since });
             }
         }
     }

@@ -158,6 +158,8 @@ pub struct AgentState {
     pub bot: bool,
     pub sessions: HashSet<u64>,
     pub availability: Availability,
+    /// When `availability` was last set (Unix ms; orders it across nodes).
+    pub availability_at: Ts,
     /// Active conversations assigned to them.
     pub active: BTreeSet<String>,
     /// Conversations being assigned to them: submitted, not committed yet.
@@ -359,6 +361,7 @@ mod tests {
             bot: false,
             sessions: [1].into_iter().collect(),
             availability: Availability::Online,
+            availability_at: 0,
             active: (0..active).map(|i| format!("c{i}")).collect(),
             incoming: Default::default(),
             last_assigned: last,
