@@ -507,3 +507,32 @@ async fn away_on_one_node_is_away_on_every_node() {
     let active = cust.recv_conversation(&cid, "assignment once twin is back", |c| c["status"] == "active").await;
     assert_eq!(active["agent"]["name"], "twin");
 }
+
+// Queue positions are one queue across nodes: customers waiting on three
+// nodes hear their places move up when an agent on yet another node takes
+// the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_positions_move_up_on_every_node() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(4, &machine_redis(), &[("pat", AGENTS_PW, 1)], &[]).expect("cluster");
+    let mut waiting = Vec::new();
+    for (i, name) in ["Ada", "Ben", "Cid"].iter().enumerate() {
+        let mut cust = Client::customer(c.node(i), name).await;
+        let conv = cust.open("support").await;
+        assert_eq!(conv["queue_position"], i as u64 + 1, "{name} on node {}: {conv}", i + 1);
+        waiting.push((cust, str_of(&conv, "id").to_string()));
+        // Each node has seen the ones before (so the order is by arrival, not by race).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut pat = Client::agent_in(c.node(3), "pat", AGENTS_PW, "support").await;
+    let (first, ref first_id) = &mut waiting[0];
+    let got = first.recv_conversation(first_id, "the head assigned", |c| c["status"] == "active").await;
+    assert_eq!(got["agent"]["name"], "pat");
+    pat.recv_conversation(first_id, "pat's assignment, on node 4", |c| c["status"] == "active").await;
+    for (i, (cust, id)) in waiting.iter_mut().enumerate().skip(1) {
+        let moved = cust.recv_conversation(id, "a new queue position", |c| c["queue_position"] == i as u64).await;
+        assert_eq!(moved["status"], "queued", "{moved}");
+    }
+}

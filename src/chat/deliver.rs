@@ -17,6 +17,13 @@ impl ChatServer {
     /// It goes out on the channel of its room (a conversation's effects all
     /// go on its room's, in order).
     pub(super) fn publish(&mut self, effect: Effect) {
+        if !self.backplane.shared() {
+            // One node: no channel to choose.
+            if let Some(e) = self.backplane.publish("", effect) {
+                self.deliver(e);
+            }
+            return;
+        }
         let room = match &effect {
             Effect::Message { message, .. } => self.st.convs.get(&message.conversation).map(|c| c.room.clone()),
             Effect::Typing { conversation, .. } | Effect::Read { conversation, .. } => {
