@@ -536,3 +536,34 @@ async fn queue_positions_move_up_on_every_node() {
         assert_eq!(moved["status"], "queued", "{moved}");
     }
 }
+
+// A node that starts while agents are online elsewhere learns of them at
+// once (it asks the others for their presence): its customers are told the
+// room is answered, and it can transfer to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_learns_who_is_online_elsewhere() {
+    if skip() {
+        return;
+    }
+    let agents = [("val", AGENTS_PW, 5), ("wes", AGENTS_PW, 5)];
+    let mut c = Cluster::start(2, &machine_redis(), &agents, &[]).expect("cluster");
+    let _val = Client::agent_in(c.node(0), "val", AGENTS_PW, "support").await;
+    let i = c.add_node();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let cust = Client::customer(c.node(i), "Hal").await;
+        let support = cust.welcome["rooms"].as_array().and_then(|r| r.iter().find(|r| r["name"] == "support").cloned());
+        if support.as_ref().is_some_and(|s| s["online"] == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new node still says nobody is online: {support:?}");
+        cust.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Another agent on the new node sees Val, who is connected elsewhere, in the room.
+    let mut wes = Client::agent(c.node(i), "wes", AGENTS_PW).await;
+    let room = wes.join("support").await;
+    let names: Vec<&str> =
+        room["agents"].as_array().unwrap().iter().filter_map(|p| p["agent"]["name"].as_str()).collect();
+    assert!(names.contains(&"val"), "the room's agents on the new node: {room}");
+}

@@ -75,6 +75,9 @@ pub enum Effect {
     },
     /// Whether anyone is online to answer in a room, to every customer.
     RoomStatus { room: String, online: bool },
+    /// A node (re)subscribed: the others publish their agents' presence in
+    /// the room again (presence is otherwise published only when it changes).
+    PresenceCall { room: String },
 }
 
 /// What another node published, or news of the subscription itself.

@@ -57,7 +57,7 @@ impl ChatServer {
             return;
         }
         counters().grace_expiries.inc();
-        self.requeue_all(agent_id, "agent_offline", "went offline");
+        self.requeue_all(agent_id, "agent_offline", "went offline", true);
         self.finish(ctx);
     }
 
@@ -99,7 +99,9 @@ impl ChatServer {
 
     /// Returns an absent agent's active conversations to the front of their
     /// rooms' queues, newest last so the oldest stays first.
-    pub(super) fn requeue_all(&mut self, agent_id: &str, reason: &str, why: &str) {
+    /// `if_gone`: only while the agent is connected to no node (the grace
+    /// period); a removed account loses them whatever its sessions.
+    pub(super) fn requeue_all(&mut self, agent_id: &str, reason: &str, why: &str, if_gone: bool) {
         let Some(a) = self.st.agents.get_mut(agent_id) else { return };
         a.availability = Availability::Offline;
         a.availability_at = protocol::now_ms();
@@ -114,7 +116,7 @@ impl ChatServer {
             let event = json!({"name": "transferred", "from_agent": user, "to_agent": null, "to_room": room,
                                "reason": reason, "internal": true});
             let body = format!("{} {why}; back in the queue", user.name);
-            let absent = Some(user.id.clone());
+            let absent = if_gone.then(|| user.id.clone());
             self.change(&cid, ConvStatus::Queued, None, None, QueuePlace::Front, event, body, ReplyTo::None, absent);
         }
     }

@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 
 /// How often the lease is renewed and the other nodes' users reread.
 pub(super) const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// How long another node's presence of an agent stands before its lease
+/// record backs it (the presence may arrive before the node's heartbeat).
+const PRESENCE_UNBACKED: Duration = Duration::from_secs(6);
 /// How long a lease lasts unrenewed: a node silent this long is gone.
 pub(super) const LEASE_TTL: Duration = Duration::from_secs(8);
 /// How often the open conversations are reloaded from the store anyway.
@@ -39,8 +42,8 @@ pub struct Cluster {
     /// Users connected to the other live nodes: user id -> those nodes.
     pub remote: HashMap<String, Vec<String>>,
     /// Agents' presence in rooms as the other nodes published it:
-    /// (room, agent id) -> node -> (availability, active, max).
-    pub presence: HashMap<(String, String), HashMap<String, Presence>>,
+    /// (room, agent id) -> node -> (presence, when it arrived).
+    pub presence: HashMap<(String, String), HashMap<String, (Presence, Instant)>>,
     /// Users recorded under this node's lease.
     registered: HashSet<String>,
     /// The next heartbeat records every user (the last one failed).
@@ -51,6 +54,8 @@ pub struct Cluster {
     lease_until: Option<Instant>,
     /// A heartbeat is wanted soon (an agent connected).
     beat_soon: bool,
+    /// The node is shutting down: its lease is being given up.
+    pub draining: bool,
 }
 
 impl Cluster {
@@ -60,7 +65,7 @@ impl Cluster {
 
     /// A heartbeat was asked for and none is under way.
     pub fn wants_beat(&self) -> bool {
-        self.beat_soon && !self.beating
+        self.beat_soon && !self.beating && !self.draining
     }
 }
 
@@ -94,12 +99,14 @@ impl ChatServer {
     pub(super) fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let here: HashSet<String> = self.sessions.values().map(|s| s.user.id.clone()).collect();
         let Some(c) = self.cluster.as_mut() else { return };
-        c.beat_soon = false;
-        if c.beating {
+        if c.beating || c.draining {
             return;
         }
+        c.beat_soon = false;
         c.beating = true;
-        let full = c.full;
+        // After a lapse (a long stall), other nodes may have forgotten this
+        // node's users with its lease: record them all again.
+        let full = c.full || c.lease_until.is_none_or(|t| t <= Instant::now());
         let (add, remove): (Vec<String>, Vec<String>) = if full {
             (here.iter().cloned().collect(), Vec::new())
         } else {
@@ -154,7 +161,9 @@ impl ChatServer {
         let mut gone: Vec<(String, String)> = Vec::new();
         for ((room, agent), nodes) in c.presence.iter_mut() {
             let live = c.remote.get(agent);
-            nodes.retain(|n, _| live.is_some_and(|l| l.contains(n)));
+            // A presence that arrived before its node's heartbeat recorded
+            // the agent stands for a while; then the lease read decides.
+            nodes.retain(|n, (_, at)| live.is_some_and(|l| l.contains(n)) || at.elapsed() < PRESENCE_UNBACKED);
             if nodes.is_empty() {
                 gone.push((room.clone(), agent.clone()));
             }
@@ -199,7 +208,7 @@ impl ChatServer {
         }
         let remote = self.cluster.as_ref().and_then(|c| c.presence.get(&(room.to_string(), agent.to_string())));
         let best = remote.and_then(|nodes| {
-            nodes.values().min_by_key(|p| match p.availability {
+            nodes.values().map(|(p, _)| p).min_by_key(|p| match p.availability {
                 Availability::Online => 0,
                 Availability::Away => 1,
                 Availability::Offline => 2,
@@ -225,9 +234,9 @@ impl ChatServer {
     /// Whether an agent is online in some room through another node.
     pub(super) fn agent_online_elsewhere(&self, agent: &str) -> bool {
         self.cluster.as_ref().is_some_and(|c| {
-            c.presence
-                .iter()
-                .any(|((_, a), nodes)| a == agent && nodes.values().any(|p| p.availability == Availability::Online))
+            c.presence.iter().any(|((_, a), nodes)| {
+                a == agent && nodes.values().any(|(p, _)| p.availability == Availability::Online)
+            })
         })
     }
 
@@ -236,7 +245,7 @@ impl ChatServer {
         self.cluster.as_ref().is_some_and(|c| {
             c.presence
                 .iter()
-                .any(|((r, _), nodes)| r == room && nodes.values().any(|p| p.availability == Availability::Online))
+                .any(|((r, _), nodes)| r == room && nodes.values().any(|(p, _)| p.availability == Availability::Online))
         })
     }
 
@@ -253,7 +262,7 @@ impl ChatServer {
         }
         if let Some(c) = self.cluster.as_ref() {
             for ((r, a), nodes) in &c.presence {
-                if r == room && nodes.values().any(|p| p.availability == Availability::Online) {
+                if r == room && nodes.values().any(|(p, _)| p.availability == Availability::Online) {
                     ids.insert(a);
                 }
             }
@@ -296,8 +305,10 @@ impl ChatServer {
                 // (away on one node is away on all, and no node assigns to them).
                 if presence.availability != Availability::Offline {
                     if let Some(a) = self.st.agents.get_mut(&key.1) {
+                        // Taken up with or without a session here, so that a session
+                        // opened here later starts from it.
                         let newer = since > a.availability_at;
-                        if !a.sessions.is_empty() && newer && a.availability != presence.availability {
+                        if newer && a.availability != presence.availability {
                             a.availability = presence.availability;
                             a.availability_at = since;
                             if presence.availability == Availability::Online {
@@ -314,7 +325,7 @@ impl ChatServer {
                     if presence.availability == Availability::Offline {
                         nodes.remove(&node);
                     } else {
-                        nodes.insert(node, presence.clone());
+                        nodes.insert(node, (presence.clone(), Instant::now()));
                     }
                     if nodes.is_empty() {
                         c.presence.remove(&key);
@@ -324,7 +335,29 @@ impl ChatServer {
                 let presence = self.presence_here(&key.0, &key.1).unwrap_or(presence);
                 self.deliver(Effect::Presence { presence, exclude, since });
             }
+            Effect::PresenceCall { room } => {
+                let here: Vec<String> =
+                    self.st.rooms.get(&room).map(|r| r.agents.keys().cloned().collect()).unwrap_or_default();
+                for agent in here {
+                    self.broadcast_presence(&agent);
+                }
+            }
             other => self.deliver(other),
+        }
+    }
+
+    /// After a (re)subscription: what was missed is reloaded, the other
+    /// nodes are asked for their agents' presence, and this node's is told again.
+    fn resubscribed(&mut self, ctx: &mut Context<Self>) {
+        self.resync(ctx);
+        let rooms: Vec<String> = self.st.rooms.keys().cloned().collect();
+        for room in rooms {
+            self.publish(Effect::PresenceCall { room });
+        }
+        let here: Vec<String> =
+            self.st.agents.iter().filter(|(_, a)| !a.sessions.is_empty()).map(|(id, _)| id.clone()).collect();
+        for agent in here {
+            self.broadcast_presence(&agent);
         }
     }
 
@@ -399,6 +432,7 @@ impl ChatServer {
                 if let Some(c) = self.st.convs.get_mut(&cid) {
                     c.delivered = message.seq;
                     c.last_seq = c.last_seq.max(message.seq);
+                    c.held.retain(|seq, _| *seq > message.seq);
                 }
                 return;
             }
@@ -441,6 +475,10 @@ impl ChatServer {
                 Err(e) => log::warn!("cluster: cannot read the gap in {cid} from the store: {e}"),
             }
             // Still waiting on a gap (the store had not all of it, or failed): again shortly.
+            if let Some(c) = act.st.convs.get_mut(&cid) {
+                let delivered = c.delivered;
+                c.held.retain(|seq, _| *seq > delivered);
+            }
             let again = act.st.convs.get_mut(&cid).filter(|c| !c.held.is_empty() && !c.filling);
             if let Some(c) = again {
                 c.filling = true;
@@ -538,7 +576,7 @@ impl StreamHandler<Incoming> for ChatServer {
     fn handle(&mut self, m: Incoming, ctx: &mut Context<Self>) {
         match m {
             Incoming::Effect { node, effect } => self.remote_effect(node, *effect),
-            Incoming::Resubscribed => self.resync(ctx),
+            Incoming::Resubscribed => self.resubscribed(ctx),
         }
         self.finish(ctx);
     }

@@ -31,7 +31,7 @@ impl ChatServer {
             }
             Effect::Conversation { conversation, .. } => Some(conversation.room.clone()),
             Effect::Presence { presence, .. } => Some(presence.room.clone()),
-            Effect::RoomStatus { room, .. } => Some(room.clone()),
+            Effect::RoomStatus { room, .. } | Effect::PresenceCall { room } => Some(room.clone()),
         };
         let Some(room) = room else { return self.deliver(effect) };
         if let Some(e) = self.backplane.publish(&room, effect) {
@@ -96,6 +96,7 @@ impl ChatServer {
                 let sids = self.st.rooms.get(&presence.room).map(|r| r.sessions.iter().copied().collect());
                 (sids.unwrap_or_default(), *exclude)
             }
+            Effect::PresenceCall { .. } => return, // for the other nodes (see `cluster`)
             Effect::RoomStatus { room, .. } => {
                 // Customers it concerns: those waiting in that room, and those
                 // with no conversation open yet (a widget that may open one).
@@ -133,6 +134,7 @@ impl ChatServer {
             Effect::Read { conversation, from, seq } => Out::Read { conversation, from, seq: *seq }.encode(),
             Effect::Presence { presence, .. } => Out::Presence(presence).encode(),
             Effect::RoomStatus { room, online } => Out::RoomStatus { room, online: *online }.encode(),
+            Effect::PresenceCall { .. } => return,
         };
         self.send_many(&sids, &frame);
     }

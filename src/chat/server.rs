@@ -34,7 +34,7 @@ pub const SERVER_MAILBOX: usize = 65_536;
 /// passwords changed by `parley agent` while the server runs.
 const ACCOUNT_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait at shutdown for the writes in flight to commit.
-const DRAIN_WRITES_FOR: Duration = Duration::from_secs(5);
+const DRAIN_WRITES_FOR: Duration = Duration::from_secs(4);
 /// Longest interval between looks for queued customers who left.
 const ABANDON_SWEEP_MAX: Duration = Duration::from_secs(5);
 
@@ -545,6 +545,9 @@ impl Handler<Drain> for ChatServer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(crate::store::WriteOp::Barrier, Pending::Barrier(tx));
         let in_flight = self.pending.len() - 1;
+        if let Some(c) = self.cluster.as_mut() {
+            c.draining = true; // no heartbeat renews what the release gives up
+        }
         let store = self.store.clone();
         let node = self.cluster.as_ref().map(|_| self.cfg.node_id.clone());
         Box::pin(actix::fut::wrap_future(async move {
@@ -553,9 +556,10 @@ impl Handler<Drain> for ChatServer {
                 Err(_) => log::warn!("drain: writes still in flight after {DRAIN_WRITES_FOR:?}"),
             }
             if let Some(node) = node {
-                match store.release(&node).await {
-                    Ok(()) => log::info!("drain: gave up the cluster lease of {node}"),
-                    Err(e) => log::warn!("drain: cannot give up the cluster lease: {e}"),
+                match tokio::time::timeout(Duration::from_secs(1), store.release(&node)).await {
+                    Ok(Ok(())) => log::info!("drain: gave up the cluster lease of {node}"),
+                    Ok(Err(e)) => log::warn!("drain: cannot give up the cluster lease: {e}"),
+                    Err(_) => log::warn!("drain: giving up the cluster lease took too long; it will lapse"),
                 }
             }
         }))

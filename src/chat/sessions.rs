@@ -120,7 +120,7 @@ impl ChatServer {
                     if let Some(h) = self.st.agents.get_mut(&id).and_then(|a| a.grace.take()) {
                         ctx.cancel_future(h);
                     }
-                    self.requeue_all(&id, "agent_removed", "was removed");
+                    self.requeue_all(&id, "agent_removed", "was removed", false);
                     self.st.agents.remove(&id);
                     self.st.presence_agents.remove(&id);
                 }

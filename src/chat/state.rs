@@ -320,9 +320,14 @@ impl Routing {
             ConvStatus::Closed => conv.pushed_position = None,
         }
         let customer = conv.customer.id.clone();
-        let c = self.customers.entry(customer).or_default();
+        let c = self.customers.entry(customer.clone()).or_default();
         if new.status == ConvStatus::Closed {
             c.open.retain(|x| x != cid);
+            // Nobody here and nothing open: forget them (a cluster node hears
+            // of every customer the cluster serves).
+            if c.open.is_empty() && c.sessions.is_empty() {
+                self.customers.remove(&customer);
+            }
             if old.status != ConvStatus::Closed {
                 self.closed_lru.push_back(cid.to_string());
                 self.evict_closed();
@@ -488,7 +493,8 @@ mod tests {
         r.apply("c1", core(&r, "c1", ConvStatus::Closed, Some("a"), 10), QueuePlace::Back);
         assert!(r.agents["a"].active.is_empty());
         assert!(r.assign_rooms.contains("support"), "a freed agent may take the next customer");
-        assert!(r.customers["v_1"].open.is_empty());
+        // Not connected, nothing open: the customer is forgotten.
+        assert!(!r.customers.contains_key("v_1"));
         assert_eq!(r.closed_lru.iter().collect::<Vec<_>>(), vec!["c1"]);
         assert!(r.convs.contains_key("c1"));
     }
