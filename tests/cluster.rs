@@ -13,6 +13,7 @@ use common::traffic::{Traffic, Who};
 use common::*;
 use serde_json::json;
 use std::collections::HashMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const AGENTS_PW: &str = "agent-password-1";
@@ -137,6 +138,7 @@ async fn customer_and_agents_on_three_nodes_chat_type_read_and_transfer() {
         assert!(metric(n, "parley_backplane_received_total").await.unwrap_or(0.0) > 0.0, "received on {}", n.addr);
         assert_eq!(metric(n, "parley_backplane_up").await, Some(1.0));
         assert_eq!(metric(n, "parley_cluster_lease_held").await, Some(1.0));
+        assert!(metric(n, "parley_routing_conflicts_total").await.is_some(), "conflicts counted on {}", n.addr);
         // Ann and Bob are online in support, one on node 2 and one on node 3: every node counts both.
         assert_eq!(metric(n, "parley_room_agents_online{room=\"support\"}").await, Some(2.0), "on {}", n.addr);
         assert_eq!(metric(n, "parley_room_queued{room=\"support\"}").await, Some(0.0));
@@ -224,7 +226,7 @@ async fn a_node_stopped_with_sigterm_drains_within_ten_seconds() {
     });
     eprintln!("SIGTERM under traffic: {tally:?}; close codes seen {codes:?}; p99 reconnect {:?}", log.reconnect_p99());
     assert!(codes.get("1001").copied().unwrap_or(0) > 0, "nobody was told to reconnect: {codes:?}");
-    assert!(!codes.contains_key("1006 (no close frame)"), "a client saw 1006: {codes:?}");
+    assert!(!codes.contains_key("1006 (no close frame)"), "a client saw 1006: {codes:?}; {:?}", log.drops);
     assert_eq!((tally.lost, tally.duplicated, tally.out_of_order), (0, 0, 0), "{tally:?}");
 }
 
@@ -389,7 +391,14 @@ async fn capacity_holds_cluster_wide_and_the_queue_drains_oldest_first() {
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (samples, worst_total, worst_agent) = sampler.await.unwrap();
-    eprintln!("capacity: {samples} samples, at most {worst_total} active at once; per agent {worst_agent:?}");
+    let mut conflicts = 0.0;
+    for i in 0..4 {
+        conflicts += metric(c.node(i), "parley_routing_conflicts_total").await.unwrap_or(0.0);
+    }
+    eprintln!(
+        "capacity: {samples} samples, at most {worst_total} active at once; per agent {worst_agent:?}; \
+         {conflicts} assignments refused by the store (another node chose first)"
+    );
     assert!(samples > 100, "too few samples: {samples}");
     assert!(worst_total <= 10, "more than the capacity active at once: {worst_total}");
     for (name, worst) in &worst_agent {
@@ -506,6 +515,84 @@ async fn away_on_one_node_is_away_on_every_node() {
     on1.call(json!({"type":"status","availability":"online"}), "ack").await;
     let active = cust.recv_conversation(&cid, "assignment once twin is back", |c| c["status"] == "active").await;
     assert_eq!(active["agent"]["name"], "twin");
+}
+
+// The fewest-active rule (PROTOCOL.md §8) holds across nodes: a customer on
+// node 1, whose agent there already holds three conversations, goes to the
+// idle agent on node 2, not to the one on the customer's own node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_least_busy_agent_gets_the_next_customer_whatever_their_node() {
+    if skip() {
+        return;
+    }
+    let agents = [("busy", AGENTS_PW, 5), ("idle", AGENTS_PW, 5)];
+    let c = Cluster::start(2, &machine_redis(), &agents, &[]).expect("cluster");
+    let mut busy = Client::agent_in(c.node(0), "busy", AGENTS_PW, "support").await;
+    let mut held = Vec::new();
+    for name in ["Ann", "Bea", "Cal"] {
+        let mut cust = Client::customer(c.node(0), name).await;
+        let cid = str_of(&cust.open("support").await, "id").to_string();
+        let got = cust.recv_conversation(&cid, "assigned to busy", |c| c["status"] == "active").await;
+        assert_eq!(got["agent"]["name"], "busy");
+        held.push(cust);
+    }
+    let mut idle = Client::agent_in(c.node(1), "idle", AGENTS_PW, "support").await;
+    // Node 1 knows idle is online (busy's session sees idle's presence).
+    busy.recv_until("idle online, seen on node 1", |f| {
+        is_type(f, "presence") && f["agent"]["name"] == "idle" && f["availability"] == "online"
+    })
+    .await;
+    // Three more customers on node 1: each goes to whoever holds fewer, so
+    // idle takes all three (0, 1, 2 against busy's 3) and busy none.
+    let mut names = Vec::new();
+    for name in ["Dan", "Eve", "Fay"] {
+        let mut cust = Client::customer(c.node(0), name).await;
+        let cid = str_of(&cust.open("support").await, "id").to_string();
+        let got = cust.recv_conversation(&cid, "assigned", |c| c["status"] == "active").await;
+        names.push(got["agent"]["name"].as_str().unwrap_or("").to_string());
+        held.push(cust);
+    }
+    assert_eq!(names, ["idle", "idle", "idle"], "the least busy agent, on the other node, gets each");
+    let mine = idle.recv_until("idle holds three", |f| is_type(f, "presence") && f["active"] == 3).await;
+    assert_eq!(mine["agent"]["name"], "idle");
+    let refused = metric(c.node(0), "parley_routing_conflicts_total").await.unwrap_or(0.0)
+        + metric(c.node(1), "parley_routing_conflicts_total").await.unwrap_or(0.0);
+    eprintln!("least busy across nodes: {refused} proposals refused by the store");
+}
+
+// A conversation left to the least busy agent's node is taken by another
+// node if that node does not assign it: here it is frozen (SIGSTOP), its
+// lease not yet lapsed, so its agent still looks online and least busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_does_not_hold_up_the_queue() {
+    if skip() {
+        return;
+    }
+    let agents = [("busy", AGENTS_PW, 5), ("ghost", AGENTS_PW, 5)];
+    let c = Cluster::start(2, &machine_redis(), &agents, &[]).expect("cluster");
+    let mut busy = Client::agent_in(c.node(0), "busy", AGENTS_PW, "support").await;
+    let mut first = Client::customer(c.node(0), "Ann").await;
+    let cid = str_of(&first.open("support").await, "id").to_string();
+    first.recv_conversation(&cid, "assigned to busy", |c| c["status"] == "active").await;
+    let _ghost = Client::agent_in(c.node(1), "ghost", AGENTS_PW, "support").await;
+    busy.recv_until("ghost online, seen on node 1", |f| {
+        is_type(f, "presence") && f["agent"]["name"] == "ghost" && f["availability"] == "online"
+    })
+    .await;
+    let node2 = c.node(1).pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &node2]).status().expect("kill").success());
+    let mut cust = Client::customer(c.node(0), "Bo").await;
+    let opened = Instant::now();
+    let cid = str_of(&cust.open("support").await, "id").to_string();
+    let got = cust.recv_conversation(&cid, "assigned despite node 2", |c| c["status"] == "active").await;
+    let took = opened.elapsed();
+    assert!(Command::new("kill").args(["-CONT", &node2]).status().expect("kill").success());
+    eprintln!("frozen node: the customer was assigned here after {took:?}");
+    assert_eq!(got["agent"]["name"], "busy");
+    // Left to ghost (fewer active) first, then taken here well before node
+    // 2's lease (8 s) would have lapsed.
+    assert!(took >= Duration::from_millis(900), "assigned at once ({took:?}): ghost was not weighed");
+    assert!(took < Duration::from_secs(5), "the queue waited {took:?} for a frozen node");
 }
 
 // Queue positions are one queue across nodes: customers waiting on three

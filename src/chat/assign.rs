@@ -2,6 +2,7 @@
 //! least-loaded agent), the grace period of an agent who went away, and
 //! queued customers who left (abandoned).
 
+use super::cluster::ASSIGN_DEFER;
 use super::server::*;
 use super::state::*;
 use super::writes::*;
@@ -9,6 +10,7 @@ use crate::http::metrics::counters;
 use crate::protocol::{self, Availability, ConvStatus, User};
 use actix::Context;
 use serde_json::json;
+use std::collections::HashMap;
 use std::time::Instant;
 
 impl ChatServer {
@@ -21,8 +23,22 @@ impl ChatServer {
         // The agent who transferred a conversation away is passed over for it
         // for `--transfer-pass-over-ms`; if only they could take it, the queue
         // waits that long and then they get it (the periodic sweep retries).
+        //
+        // In a cluster every node weighs every agent in the room, wherever
+        // connected, and proposes only agents connected here: a conversation
+        // goes to an agent on another node when they hold fewer (the
+        // fewest-active rule holds cluster-wide), and that node assigns it.
+        // Between equally loaded agents on different nodes each node proposes
+        // its own and the store takes the first (the waited-longest tie-break
+        // holds among one node's agents: nodes do not share that clock).
+        // A conversation left to another node is taken here after
+        // `ASSIGN_DEFER` if that node has not assigned it (it died, say).
         let now = Instant::now();
         let queue: Vec<String> = r.queue.iter().cloned().collect();
+        // Agents on other nodes who could take more, and how many this pass
+        // left to each.
+        let remote = self.remote_candidates(room);
+        let mut planned: HashMap<String, u32> = HashMap::new();
         for cid in queue {
             let Some(r) = self.st.rooms.get(room) else { return };
             if self.st.convs.get(&cid).is_none_or(|c| c.changing) {
@@ -35,9 +51,38 @@ impl ChatServer {
                 .and_then(|c| c.transferred_from.as_ref())
                 .filter(|(_, until)| *until > now)
                 .map(|(a, _)| a.as_str());
-            let Some(agent) = pick_agent(r, &self.st.agents, skip) else { break };
-            let user = agent.user.clone();
-            self.assign(&cid, user, ReplyTo::None);
+            let here = pick_agent(r, &self.st.agents, skip);
+            let elsewhere = remote
+                .iter()
+                .map(|(load, id, max)| (load + planned.get(id).copied().unwrap_or(0), id, max))
+                .filter(|(load, id, max)| load < max && Some(id.as_str()) != skip)
+                .min_by_key(|(load, id, _)| (*load, *id))
+                .map(|(load, id, _)| (load, id.clone()));
+            let here_first = match (here, &elsewhere) {
+                (None, None) => break,
+                (Some(a), Some((load, _))) => a.load() as u32 <= *load,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            if here_first {
+                let user = here.map(|a| a.user.clone()).expect("chosen");
+                self.assign(&cid, user, ReplyTo::None);
+                continue;
+            }
+            let fallback = here.map(|a| a.user.clone());
+            let Some((_, remote)) = elsewhere else { break };
+            let Some(c) = self.cluster.as_mut() else { break };
+            let since = *c.left_to_peers.entry(cid.clone()).or_insert(now);
+            match fallback {
+                Some(user) if now.duration_since(since) >= ASSIGN_DEFER => {
+                    log::info!("{cid}: not assigned by the node of {remote} in time; assigned here");
+                    self.assign(&cid, user, ReplyTo::None);
+                }
+                _ => {
+                    c.recheck = true;
+                    *planned.entry(remote).or_default() += 1;
+                }
+            }
         }
     }
 

@@ -33,6 +33,10 @@ const PRESENCE_UNBACKED: Duration = Duration::from_secs(6);
 pub(super) const LEASE_TTL: Duration = Duration::from_secs(8);
 /// How often the open conversations are reloaded from the store anyway.
 pub(super) const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// How long a queued conversation waits for another node to assign it to
+/// the agent there that the cluster-wide choice named, before a node with a
+/// free agent of its own assigns it (that node died, or saw it otherwise).
+pub(super) const ASSIGN_DEFER: Duration = Duration::from_secs(1);
 /// Most messages read from the store per gap fill.
 const FILL_PAGE: u32 = 500;
 
@@ -56,6 +60,11 @@ pub struct Cluster {
     beat_soon: bool,
     /// The node is shutting down: its lease is being given up.
     pub draining: bool,
+    /// Queued conversations left to another node's agent, since when.
+    pub left_to_peers: HashMap<String, Instant>,
+    /// Some were: look at the queues again after [`ASSIGN_DEFER`].
+    pub recheck: bool,
+    recheck_scheduled: bool,
 }
 
 impl Cluster {
@@ -231,6 +240,51 @@ impl ChatServer {
             .collect()
     }
 
+    /// Agents online in the room through other nodes only, who can take
+    /// more: (their load, their id, their capacity), least busy first.
+    pub(super) fn remote_candidates(&self, room: &str) -> Vec<(u32, String, u32)> {
+        let Some(c) = self.cluster.as_ref() else { return Vec::new() };
+        let local = self.st.rooms.get(room);
+        let mut out: Vec<(u32, String, u32)> = c
+            .presence
+            .iter()
+            .filter(|((r, a), nodes)| {
+                r == room
+                    && !local.is_some_and(|l| l.agents.contains_key(a))
+                    && nodes.values().any(|(p, _)| p.availability == Availability::Online)
+            })
+            .filter_map(|((_, id), _)| {
+                let a = self.st.agents.get(id)?;
+                let load = a.active.len() as u32;
+                (a.availability == Availability::Online && !a.bot && load < a.max).then(|| (load, id.clone(), a.max))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// After a pass that left conversations to other nodes: the queues are
+    /// looked at again once [`ASSIGN_DEFER`] has passed.
+    pub(super) fn schedule_recheck(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        if !c.recheck || c.recheck_scheduled {
+            return;
+        }
+        c.recheck = false;
+        c.recheck_scheduled = true;
+        ctx.run_later(ASSIGN_DEFER, |act, ctx| {
+            let convs = &act.st.convs;
+            if let Some(c) = act.cluster.as_mut() {
+                c.recheck_scheduled = false;
+                c.left_to_peers.retain(|cid, _| convs.get(cid).is_some_and(|c| c.status == ConvStatus::Queued));
+            }
+            let waiting = act.st.rooms.iter().filter(|(_, r)| !r.queue.is_empty()).map(|(n, _)| n.clone());
+            let waiting: Vec<String> = waiting.collect();
+            act.st.assign_rooms.extend(waiting);
+            act.finish(ctx);
+        });
+    }
+
     /// Whether an agent is online in some room through another node.
     pub(super) fn agent_online_elsewhere(&self, agent: &str) -> bool {
         self.cluster.as_ref().is_some_and(|c| {
@@ -304,6 +358,12 @@ impl ChatServer {
                 // The same agent connected here too: one agent, one availability
                 // (away on one node is away on all, and no node assigns to them).
                 if presence.availability != Availability::Offline {
+                    if !self.st.agents.contains_key(&key.1) {
+                        // An account newer than this node's last reread of them
+                        // (which corrects the bot flag within seconds).
+                        let a = AgentState::new(presence.agent.clone(), presence.max, false);
+                        self.st.agents.insert(key.1.clone(), a);
+                    }
                     if let Some(a) = self.st.agents.get_mut(&key.1) {
                         // Taken up with or without a session here, so that a session
                         // opened here later starts from it.

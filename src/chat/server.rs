@@ -12,7 +12,7 @@ use super::state::*;
 use super::writes::*;
 use crate::backplane::Backplane;
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::protocol::{close, error_frame, Availability, ConvStatus, Conversation, Out, Role, User};
 use crate::session::JamSwitch;
 use crate::store::{AgentRow, Completion, ConvRow, Store, WriteOp};
@@ -54,6 +54,8 @@ pub struct ChatServer {
     pub(super) cfg: Arc<Config>,
     pub(super) store: Arc<dyn Store>,
     pub(super) sessions: HashMap<u64, Sess>,
+    /// Shutting down: sessions are told to reconnect elsewhere (1001).
+    pub(super) draining: bool,
     /// Conversations, queues, agents and customers (the routing state machine).
     pub(super) st: Routing,
     pub(super) pending: HashMap<u64, Pending>,
@@ -113,6 +115,7 @@ impl ChatServer {
             cfg: cfg.clone(),
             store,
             sessions: HashMap::new(),
+            draining: false,
             pending: HashMap::new(),
             next_token: 1,
             st: Routing { tick: 1, ..Default::default() },
@@ -144,18 +147,11 @@ impl ChatServer {
                 },
                 ConvStatus::Active => {
                     if let Some(a) = &conv.agent {
-                        let st = srv.st.agents.entry(a.id.clone()).or_insert_with(|| AgentState {
-                            user: a.clone(),
-                            max: cfg.max_active,
-                            bot: false,
-                            sessions: HashSet::new(),
-                            availability: Availability::Offline,
-                            availability_at: 0,
-                            active: Default::default(),
-                            incoming: Default::default(),
-                            last_assigned: 0,
-                            grace: None,
-                        });
+                        let st = srv
+                            .st
+                            .agents
+                            .entry(a.id.clone())
+                            .or_insert_with(|| AgentState::new(a.clone(), cfg.max_active, false));
                         st.active.insert(conv.id.clone());
                     }
                 }
@@ -170,18 +166,8 @@ impl ChatServer {
     }
 
     pub(super) fn agent_state(&self, a: &AgentRow) -> AgentState {
-        AgentState {
-            user: User { id: a.id.clone(), role: Role::Agent, name: a.name.clone() },
-            max: a.max_active.unwrap_or(self.cfg.max_active),
-            bot: a.bot,
-            sessions: HashSet::new(),
-            availability: Availability::Offline,
-            availability_at: 0,
-            active: Default::default(),
-            incoming: Default::default(),
-            last_assigned: 0,
-            grace: None,
-        }
+        let user = User { id: a.id.clone(), role: Role::Agent, name: a.name.clone() };
+        AgentState::new(user, a.max_active.unwrap_or(self.cfg.max_active), a.bot)
     }
 
     pub(super) fn reply_error(&mut self, to: ReplyTo, e: ApiError) {
@@ -193,6 +179,9 @@ impl ChatServer {
             ReplyTo::HttpSend(tx) => {
                 let _ = tx.send(Err(e));
             }
+            // A refusal of a change nobody asked for (an automatic assignment
+            // another node made first, say) is counted where it is settled.
+            ReplyTo::None if e.code == ErrorCode::Conflict => log::debug!("background change refused: {e}"),
             ReplyTo::None => log::warn!("background change failed: {e}"),
         }
     }
@@ -254,6 +243,7 @@ impl ChatServer {
                 break;
             }
         }
+        self.schedule_recheck(ctx);
     }
 }
 
@@ -325,25 +315,22 @@ impl Handler<Connect> for ChatServer {
 
     fn handle(&mut self, m: Connect, ctx: &mut Context<Self>) {
         let sid = m.sid;
+        if self.draining {
+            // Its connection was accepted before the listener stopped: it
+            // reconnects elsewhere too, told as the others were.
+            m.outbox.do_send(Outbound::Close(close::GOING_AWAY, "server going away"));
+            return;
+        }
         let conversations: Vec<Conversation> = match m.user.role {
             Role::Agent => {
                 let row = m.agent.as_ref();
                 let fresh = row.map(|r| self.agent_state(r));
                 let tick = self.st.tick;
-                let a = self.st.agents.entry(m.user.id.clone()).or_insert_with(|| {
-                    fresh.unwrap_or_else(|| AgentState {
-                        user: m.user.clone(),
-                        max: 0,
-                        bot: false,
-                        sessions: HashSet::new(),
-                        availability: Availability::Offline,
-                        availability_at: 0,
-                        active: Default::default(),
-                        incoming: Default::default(),
-                        last_assigned: 0,
-                        grace: None,
-                    })
-                });
+                let a = self
+                    .st
+                    .agents
+                    .entry(m.user.id.clone())
+                    .or_insert_with(|| fresh.unwrap_or_else(|| AgentState::new(m.user.clone(), 0, false)));
                 if let Some(r) = row {
                     a.user.name = r.name.clone();
                     a.max = r.max_active.unwrap_or(self.cfg.max_active);
@@ -538,6 +525,7 @@ impl Handler<Drain> for ChatServer {
     /// cluster lease, so that the other nodes take this node's agents for
     /// gone at once rather than when the lease runs out.
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
         for s in self.sessions.values() {
             s.outbox.do_send(Outbound::Close(close::GOING_AWAY, "server going away"));
         }

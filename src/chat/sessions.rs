@@ -144,6 +144,14 @@ impl ChatServer {
                 }
             }
         }
+        // Accounts added since: known before they connect here (in a cluster,
+        // automatic assignment weighs agents connected to other nodes).
+        for row in rows.values() {
+            if !self.st.agents.contains_key(&row.id) {
+                let a = self.agent_state(row);
+                self.st.agents.insert(row.id.clone(), a);
+            }
+        }
         self.finish(ctx);
     }
 }

@@ -172,6 +172,22 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// An agent with no session, offline, holding nothing.
+    pub fn new(user: User, max: u32, bot: bool) -> AgentState {
+        AgentState {
+            user,
+            max,
+            bot,
+            sessions: HashSet::new(),
+            availability: Availability::Offline,
+            availability_at: 0,
+            active: Default::default(),
+            incoming: Default::default(),
+            last_assigned: 0,
+            grace: None,
+        }
+    }
+
     pub fn presence(&self, room: &str, present: bool) -> Presence {
         Presence {
             agent: self.user.clone(),

@@ -8,6 +8,7 @@ use super::state::*;
 use crate::auth::new_id;
 use crate::backplane::Effect;
 use crate::error::{ApiError, StoreError};
+use crate::http::metrics::counters;
 use crate::protocol::{self, now_ms, ConvStatus, Message, MsgKind, Out, User};
 use crate::store::{Completion, ConvRow, Expect, NewMessage, WriteOp, WriteOutcome};
 use serde_json::json;
@@ -308,7 +309,10 @@ impl ChatServer {
                 self.change_settled(&conv, incoming.as_deref());
                 if matches!(e, StoreError::Conflict(_)) {
                     // What this node knew was stale: reload it, then choose again.
-                    log::info!("routing change of {conv} refused: {e}");
+                    // In a cluster this is the store arbitrating between nodes
+                    // that chose at once: routine, so counted, not logged loudly.
+                    log::debug!("routing change of {conv} refused: {e}");
+                    counters().routing_conflicts.inc();
                     self.reload.push(conv.clone());
                 }
                 self.reply_error(reply, e.into());

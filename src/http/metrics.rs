@@ -23,6 +23,7 @@ pub struct Counters {
     pub backplane_reconnects: IntCounter,
     pub gaps_filled: IntCounter,
     pub grace_expiries: IntCounter,
+    pub routing_conflicts: IntCounter,
     /// 1 while this node's cluster lease is renewed, 0 once it lapsed.
     pub lease_held: IntGauge,
     backplane_up: IntGauge,
@@ -123,6 +124,11 @@ pub fn counters() -> &'static Counters {
                 &r,
                 "parley_grace_expiries_total",
                 "Agents whose grace period ended with their conversations re-queued by this node",
+            ),
+            routing_conflicts: counter(
+                &r,
+                "parley_routing_conflicts_total",
+                "Routing changes the store refused because the conversation or agent changed first (on another node, say); this node reloaded it and chose again",
             ),
             lease_held: gauge(&r, "parley_cluster_lease_held", "1 while this node's cluster lease is renewed"),
             backplane_up: gauge(&r, "parley_backplane_up", "1 while subscribed on Redis (absent without --redis)"),

@@ -33,6 +33,8 @@ pub struct Log {
     pub out_of_order: usize,
     /// Close codes seen (None: the connection ended without a close frame, as 1006).
     pub closes: Vec<Option<u16>>,
+    /// How each connection that ended without a close frame ended (who, when, what).
+    pub drops: Vec<String>,
     /// From a lost connection to the next `welcome`.
     pub reconnects: Vec<Duration>,
     /// Conversation -> its customer's id.
@@ -131,6 +133,7 @@ impl Traffic {
                 duplicated: g.duplicated,
                 out_of_order: g.out_of_order,
                 closes: g.closes.clone(),
+                drops: g.drops.clone(),
                 reconnects: g.reconnects.clone(),
                 customers: g.customers.clone(),
                 agents: g.agents.clone(),
@@ -263,7 +266,13 @@ impl Participant {
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => {
-                    self.log.lock().unwrap().closes.push(None);
+                    let what = match &frame {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "end of stream".to_string(),
+                    };
+                    let mut log = self.log.lock().unwrap();
+                    log.closes.push(None);
+                    log.drops.push(format!("{} at {}: {what}", self.me, super::now_ms()));
                     return if stopping.is_some() { Ended::Stop } else { Ended::Lost };
                 }
             };
