@@ -463,7 +463,7 @@ impl ChatServer {
             room: c.room.clone(),
             transferred_from: conv.transferred_from.clone(),
         };
-        self.st.apply(&c.id, core, QueuePlace::ByTime);
+        self.st.apply(&c.id, core);
         self.st.assign_rooms.insert(c.room.clone());
         self.room_status_dirty = true;
         true

@@ -146,8 +146,6 @@ pub enum QueuePlace {
     Back,
     /// Returned by a vanished agent: at the front.
     Front,
-    /// Where its queue time puts it (reloaded from the store).
-    ByTime,
 }
 
 /// An agent known to this node.
@@ -269,9 +267,6 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// Moves a conversation to a new state, keeping every index (room queues,
-    /// agent loads, customer's open list) in step. Called once the change is
-    /// committed (or to match what the store holds).
     /// Where a conversation queued at `queued_at` goes in `room`'s queue
     /// (counted without it, if it is there already): by (queue time, id),
     /// the order every node and the store agree on, ties included. Looked
@@ -289,8 +284,11 @@ impl Routing {
         0
     }
 
-    pub fn apply(&mut self, cid: &str, new: ConvCore, place: QueuePlace) {
-        // Where its queue time puts it, among the others (for `ByTime`).
+    /// Moves a conversation to a new state, keeping every index (room queues,
+    /// agent loads, customer's open list) in step. Called once the change is
+    /// committed (or to match what the store holds). A queued conversation
+    /// goes where its queue time puts it (see [`Routing::queue_index`]).
+    pub fn apply(&mut self, cid: &str, new: ConvCore) {
         let by_time = (new.status == ConvStatus::Queued).then(|| self.queue_index(&new.room, cid, new.queued_at));
         let Some(conv) = self.convs.get_mut(cid) else { return };
         let old = conv.core();
@@ -315,9 +313,6 @@ impl Routing {
             ConvStatus::Queued => {
                 conv.pushed_position = None;
                 if let Some(r) = self.rooms.get_mut(&new.room) {
-                    // `place` chose the queue time (see `ChatServer::change`); the
-                    // queue is ordered by it everywhere.
-                    let _ = place;
                     let at = by_time.unwrap_or(r.queue.len()).min(r.queue.len());
                     r.queue.insert(at, cid.to_string());
                     mark_positions(&mut self.position_rooms, &new.room, at);
@@ -493,7 +488,7 @@ mod tests {
     fn an_assignment_leaves_the_queue_loads_the_agent_and_notes_what_changed() {
         let mut r = routing(3);
         let new = core(&r, "c2", ConvStatus::Active, Some("a"), 20);
-        r.apply("c2", new, QueuePlace::Back);
+        r.apply("c2", new);
         assert_eq!(queue(&r), vec!["c1", "c3"]);
         assert!(r.agents["a"].active.contains("c2"));
         assert_eq!(r.convs["c2"].status, ConvStatus::Active);
@@ -504,9 +499,9 @@ mod tests {
     #[test]
     fn a_close_frees_the_agent_and_the_customer_and_is_remembered_for_a_while() {
         let mut r = routing(1);
-        r.apply("c1", core(&r, "c1", ConvStatus::Active, Some("a"), 10), QueuePlace::Back);
+        r.apply("c1", core(&r, "c1", ConvStatus::Active, Some("a"), 10));
         r.assign_rooms.clear();
-        r.apply("c1", core(&r, "c1", ConvStatus::Closed, Some("a"), 10), QueuePlace::Back);
+        r.apply("c1", core(&r, "c1", ConvStatus::Closed, Some("a"), 10));
         assert!(r.agents["a"].active.is_empty());
         assert!(r.assign_rooms.contains("support"), "a freed agent may take the next customer");
         // Not connected, nothing open: the customer is forgotten.
@@ -518,14 +513,14 @@ mod tests {
     #[test]
     fn returns_to_the_queue_go_to_the_front_back_or_where_their_time_puts_them() {
         let mut r = routing(3);
-        r.apply("c1", core(&r, "c1", ConvStatus::Active, Some("a"), 10), QueuePlace::Back);
-        r.apply("c1", core(&r, "c1", ConvStatus::Queued, None, 5), QueuePlace::Front);
+        r.apply("c1", core(&r, "c1", ConvStatus::Active, Some("a"), 10));
+        r.apply("c1", core(&r, "c1", ConvStatus::Queued, None, 5));
         assert_eq!(queue(&r), vec!["c1", "c2", "c3"]);
-        r.apply("c2", core(&r, "c2", ConvStatus::Active, Some("a"), 20), QueuePlace::Back);
-        r.apply("c2", core(&r, "c2", ConvStatus::Queued, None, 99), QueuePlace::Back);
+        r.apply("c2", core(&r, "c2", ConvStatus::Active, Some("a"), 20));
+        r.apply("c2", core(&r, "c2", ConvStatus::Queued, None, 99));
         assert_eq!(queue(&r), vec!["c1", "c3", "c2"]);
         // Reloaded with queue time 25: between c1 (5) and c3 (30).
-        r.apply("c2", core(&r, "c2", ConvStatus::Queued, None, 25), QueuePlace::ByTime);
+        r.apply("c2", core(&r, "c2", ConvStatus::Queued, None, 25));
         assert_eq!(queue(&r), vec!["c1", "c2", "c3"]);
         assert!(r.agents["a"].active.is_empty());
     }
@@ -550,7 +545,7 @@ mod tests {
             r.convs.insert(id.clone(), Conv::from_row(row));
             r.rooms.get_mut("support").unwrap().queue.push_back(id.clone());
             let c = core(&r, &id, ConvStatus::Closed, None, 0);
-            r.apply(&id, c, QueuePlace::Back);
+            r.apply(&id, c);
         }
         assert_eq!(r.closed_lru.len(), CLOSED_CACHE);
         assert!(!r.convs.contains_key("x0") && !r.convs.contains_key("x2"));

@@ -128,7 +128,7 @@ impl ChatServer {
         // One node knows its own sessions; a cluster's store checks the others'.
         let absent = absent.filter(|_| self.cluster.is_some());
         let op = WriteOp::Update { expect, status, agent, room, queued_at, capacity, absent, event: msg };
-        self.submit(op, Pending::Change { reply, conv: cid.to_string(), new, place, also, incoming });
+        self.submit(op, Pending::Change { reply, conv: cid.to_string(), new, also, incoming });
     }
 
     /// A routing change of `cid` committed or was refused: requests that
@@ -162,7 +162,7 @@ impl ChatServer {
             room: row.room.clone(),
             transferred_from: conv.transferred_from.clone(),
         };
-        self.st.apply(&row.id, core, QueuePlace::ByTime);
+        self.st.apply(&row.id, core);
         if let Some(c) = self.st.convs.get_mut(&row.id) {
             c.last_seq = c.last_seq.max(row.last_seq);
             c.version = c.version.max(row.last_seq);
@@ -256,7 +256,7 @@ impl ChatServer {
             }
             (Pending::Send { reply, .. }, Ok(WriteOutcome::Done)) => self.reply_error(reply, ApiError::internal()),
             (Pending::Send { reply, .. }, Err(e)) => self.reply_error(reply, e.into()),
-            (Pending::Change { reply, conv, new, place, also, incoming }, Ok(outcome)) => {
+            (Pending::Change { reply, conv, new, also, incoming }, Ok(outcome)) => {
                 self.change_settled(&conv, incoming.as_deref());
                 let version = match &outcome {
                     WriteOutcome::Appended { message, .. } => message.seq,
@@ -265,7 +265,7 @@ impl ChatServer {
                 let queued_at = new.queued_at;
                 // Another node's later change (made on this one) may have arrived first.
                 if self.st.convs.get(&conv).is_some_and(|c| version == 0 || c.version < version) {
-                    self.st.apply(&conv, new, place);
+                    self.st.apply(&conv, new);
                 }
                 // The snapshot's last_seq counts the change's own event.
                 if let Some(c) = self.st.convs.get_mut(&conv) {
@@ -400,7 +400,6 @@ pub(super) enum Pending {
         reply: ReplyTo,
         conv: String,
         new: ConvCore,
-        place: QueuePlace,
         also: Option<String>,
         incoming: Option<String>,
     },
