@@ -8,10 +8,10 @@ use super::state::*;
 use super::writes::*;
 use crate::http::metrics::counters;
 use crate::protocol::{self, Availability, ConvStatus, User};
-use actix::Context;
+use actix::{AsyncContext, Context};
 use serde_json::json;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl ChatServer {
     pub(super) fn assign_room(&mut self, room: &str) {
@@ -90,6 +90,37 @@ impl ChatServer {
         let body = format!("{} joined the conversation", agent.name);
         let event = json!({"name": "assigned", "agent": agent});
         self.change(cid, ConvStatus::Active, Some(agent), None, QueuePlace::Back, event, body, reply, None);
+    }
+
+    /// An agent connected to no node starts their grace period.
+    pub(super) fn start_grace(&mut self, agent_id: &str, ctx: &mut Context<Self>) {
+        let grace = Duration::from_millis(self.cfg.agent_grace_ms);
+        let id = agent_id.to_string();
+        let handle = ctx.run_later(grace, move |act, ctx| act.grace_expired(&id, ctx));
+        if let Some(a) = self.st.agents.get_mut(agent_id) {
+            if let Some(old) = a.grace.replace(handle) {
+                ctx.cancel_future(old);
+            }
+        }
+    }
+
+    /// Agents holding conversations, connected to no node and not yet
+    /// counting down (after a restart; in a cluster, after each lease read)
+    /// start their grace period.
+    pub(super) fn start_grace_periods(&mut self, ctx: &mut Context<Self>) {
+        let waiting: Vec<String> = self
+            .st
+            .agents
+            .iter()
+            .filter(|(id, a)| {
+                !a.active.is_empty() && a.sessions.is_empty() && a.grace.is_none() && !self.connected_elsewhere(id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            log::info!("agent {id} is connected to no node: grace period of {} ms", self.cfg.agent_grace_ms);
+            self.start_grace(&id, ctx);
+        }
     }
 
     /// PROTOCOL.md §8: an agent gone longer than the grace period loses their

@@ -186,25 +186,7 @@ impl ChatServer {
                 self.deliver(Effect::Presence { presence: p, exclude: None, since: 0 });
             }
         }
-        // Agents holding conversations, connected nowhere, not yet counting down.
-        let grace = Duration::from_millis(self.cfg.agent_grace_ms);
-        let waiting: Vec<String> = self
-            .st
-            .agents
-            .iter()
-            .filter(|(id, a)| {
-                !a.active.is_empty() && a.sessions.is_empty() && a.grace.is_none() && !self.connected_elsewhere(id)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in waiting {
-            log::info!("agent {id} is connected to no node: grace period of {} s", grace.as_secs());
-            let key = id.clone();
-            let handle = ctx.run_later(grace, move |act, ctx| act.grace_expired(&key, ctx));
-            if let Some(a) = self.st.agents.get_mut(&id) {
-                a.grace = Some(handle);
-            }
-        }
+        self.start_grace_periods(ctx);
     }
 
     /// An agent's presence in a room over every node, as this node's sessions

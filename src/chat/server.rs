@@ -258,20 +258,8 @@ impl Actor for ChatServer {
         // Agents holding conversations from before a restart get the grace
         // period to come back (in a cluster, those connected to no node: the
         // first heartbeat tells).
-        let grace = Duration::from_millis(self.cfg.agent_grace_ms);
-        let waiting: Vec<String> = self
-            .st
-            .agents
-            .iter()
-            .filter(|(_, a)| !a.active.is_empty() && a.sessions.is_empty() && self.cluster.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in waiting {
-            let key = id.clone();
-            let handle = ctx.run_later(grace, move |act, ctx| act.grace_expired(&key, ctx));
-            if let Some(a) = self.st.agents.get_mut(&id) {
-                a.grace = Some(handle);
-            }
+        if self.cluster.is_none() {
+            self.start_grace_periods(ctx);
         }
         let sweep = (self.cfg.abandon_after.min(self.cfg.transfer_pass_over) / 4)
             .clamp(Duration::from_millis(100), ABANDON_SWEEP_MAX);

@@ -35,15 +35,12 @@ impl ChatServer {
         }
         match s.user.role {
             Role::Agent => {
-                let grace = Duration::from_millis(self.cfg.agent_grace_ms);
                 // Connected to another node: still here, as far as routing goes.
                 let elsewhere = self.connected_elsewhere(&s.user.id);
-                if let Some(a) = self.st.agents.get_mut(&s.user.id) {
-                    a.sessions.remove(&sid);
-                    if a.sessions.is_empty() && !elsewhere {
-                        let id = s.user.id.clone();
-                        a.grace = Some(ctx.run_later(grace, move |act, ctx| act.grace_expired(&id, ctx)));
-                    }
+                let Some(a) = self.st.agents.get_mut(&s.user.id) else { return };
+                a.sessions.remove(&sid);
+                if a.sessions.is_empty() && !elsewhere {
+                    self.start_grace(&s.user.id, ctx);
                 }
             }
             _ => {
