@@ -496,11 +496,6 @@ impl Config {
         }
     }
 
-    /// Whether this node is one of a cluster (Redis backplane, shared PostgreSQL).
-    pub fn clustered(&self) -> bool {
-        self.redis.is_some()
-    }
-
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("parley.db")
     }
