@@ -373,10 +373,7 @@ impl ChatServer {
         self.send(sid, &f);
         if newly_present {
             self.room_status_dirty = true;
-            if let Some(a) = self.st.agents.get(&who.user.id) {
-                let (presence, since) = (a.presence(&room, true), a.availability_at);
-                self.publish(Effect::Presence { presence, exclude: Some(sid), since });
-            }
+            self.publish_presence(&who.user.id, &room, true, Some(sid));
         }
         self.st.assign_rooms.insert(room);
         Ok(())

@@ -81,17 +81,19 @@ impl ChatServer {
     }
 
     pub(super) fn broadcast_presence(&mut self, agent_id: &str) {
+        let rooms: Vec<String> =
+            self.st.rooms.iter().filter(|(_, r)| r.agents.contains_key(agent_id)).map(|(n, _)| n.clone()).collect();
+        for room in rooms {
+            self.publish_presence(agent_id, &room, true, None);
+        }
+    }
+
+    /// Publishes an agent's presence in a room (`present`: through a session
+    /// of this node), with when their availability was set.
+    pub(super) fn publish_presence(&mut self, agent_id: &str, room: &str, present: bool, exclude: Option<u64>) {
         let Some(a) = self.st.agents.get(agent_id) else { return };
-        let since = a.availability_at;
-        let mut out = Vec::new();
-        for (name, room) in &self.st.rooms {
-            if room.agents.contains_key(agent_id) {
-                out.push(a.presence(name, true));
-            }
-        }
-        for presence in out {
-            self.publish(Effect::Presence { presence, exclude: None, since });
-        }
+        let (presence, since) = (a.presence(room, present), a.availability_at);
+        self.publish(Effect::Presence { presence, exclude, since });
     }
 
     /// Pushes the new position of every queued conversation from index `from`

@@ -3,7 +3,6 @@
 
 use super::messages::*;
 use super::server::*;
-use crate::backplane::Effect;
 use crate::protocol::{close, Role};
 use crate::store::AgentRow;
 use actix::{AsyncContext, Context};
@@ -73,10 +72,7 @@ impl ChatServer {
         };
         if gone {
             self.room_status_dirty = true;
-            if let Some(a) = self.st.agents.get(agent_id) {
-                let (presence, since) = (a.presence(room, false), a.availability_at);
-                self.publish(Effect::Presence { presence, exclude: None, since });
-            }
+            self.publish_presence(agent_id, room, false, None);
         }
     }
 
