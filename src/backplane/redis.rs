@@ -16,6 +16,7 @@ use super::{Backplane, Effect, Incoming};
 use crate::http::metrics::counters;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,14 +71,20 @@ struct EnvelopeIn {
 pub struct RedisBackplane {
     node: Arc<str>,
     cluster: String,
-    out: mpsc::Sender<(String, Vec<u8>)>,
+    /// Each configured room's channel name, made once (not per effect).
+    channels: HashMap<String, Arc<str>>,
+    out: mpsc::Sender<(Arc<str>, Vec<u8>)>,
 }
 
 impl Backplane for RedisBackplane {
     fn publish(&mut self, room: &str, effect: Effect) -> Option<Effect> {
+        let ch = match self.channels.get(room) {
+            Some(ch) => ch.clone(),
+            None => Arc::from(channel(&self.cluster, room)),
+        };
         match serde_json::to_vec(&EnvelopeOut { n: &self.node, e: &effect }) {
             Ok(bytes) => {
-                if self.out.try_send((channel(&self.cluster, room), bytes)).is_err() {
+                if self.out.try_send((ch, bytes)).is_err() {
                     counters().backplane_dropped.inc();
                 }
             }
@@ -104,6 +111,7 @@ pub fn start(
     let (out_tx, out_rx) = mpsc::channel(PUBLISH_QUEUE);
     let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
     let channels: Vec<String> = rooms.iter().map(|r| channel(cluster, r)).collect();
+    let names = rooms.iter().zip(&channels).map(|(r, ch)| (r.clone(), Arc::from(ch.as_str()))).collect();
     let node: Arc<str> = Arc::from(node);
     let me = node.clone();
     STATE.store(2, Ordering::Relaxed);
@@ -120,10 +128,10 @@ pub fn start(
             });
         })
         .map_err(|e| format!("cannot start the Redis backplane's thread: {e}"))?;
-    Ok((RedisBackplane { node, cluster: cluster.to_string(), out: out_tx }, in_rx))
+    Ok((RedisBackplane { node, cluster: cluster.to_string(), channels: names, out: out_tx }, in_rx))
 }
 
-async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<(Arc<str>, Vec<u8>)>) {
     let mut attempt = 0;
     loop {
         let conn = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection()).await;
@@ -153,7 +161,7 @@ async fn publisher(client: redis::Client, mut rx: mpsc::Receiver<(String, Vec<u8
             }
             let mut pipe = redis::pipe();
             for (ch, payload) in &batch {
-                pipe.publish(ch, payload.as_slice()).ignore();
+                pipe.publish(&**ch, payload.as_slice()).ignore();
             }
             let sent: Result<redis::RedisResult<()>, _> =
                 tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async(&mut conn)).await;
