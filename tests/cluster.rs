@@ -9,7 +9,7 @@
 mod common;
 
 use common::cluster::{machine_redis, Cluster, Nginx, OwnRedis};
-use common::traffic::{Traffic, Who};
+use common::traffic::{Tally, Traffic, Who};
 use common::*;
 use serde_json::json;
 use std::collections::HashMap;
@@ -174,6 +174,13 @@ fn start_four(redis: &str) -> Option<(Cluster, Nginx)> {
     Some((c, nginx))
 }
 
+/// Enough traffic to judge, and every acked message reached every member
+/// once, in order.
+fn assert_whole(tally: &Tally) {
+    assert!(tally.acked > 500, "too little traffic to judge: {tally:?}");
+    assert_eq!((tally.lost, tally.duplicated, tally.out_of_order), (0, 0, 0), "{tally:?}");
+}
+
 // 2. Through nginx, 200 customers and 10 agents exchange messages steadily
 //    while one node is killed with SIGKILL: nothing lost, duplicated or out
 //    of order once everyone has reconnected and synced.
@@ -195,9 +202,8 @@ async fn a_node_killed_under_traffic_loses_nothing() {
         log.reconnects.len(),
         log.reconnect_p99()
     );
-    assert!(tally.acked > 500, "too little traffic to judge: {tally:?}");
+    assert_whole(&tally);
     assert!(!log.reconnects.is_empty(), "nobody was connected to the killed node");
-    assert_eq!((tally.lost, tally.duplicated, tally.out_of_order), (0, 0, 0), "{tally:?}");
     assert!(log.reconnect_p99().unwrap() < Duration::from_secs(10), "p99 reconnect {:?}", log.reconnect_p99());
 }
 
@@ -227,7 +233,7 @@ async fn a_node_stopped_with_sigterm_drains_within_ten_seconds() {
     eprintln!("SIGTERM under traffic: {tally:?}; close codes seen {codes:?}; p99 reconnect {:?}", log.reconnect_p99());
     assert!(codes.get("1001").copied().unwrap_or(0) > 0, "nobody was told to reconnect: {codes:?}");
     assert!(!codes.contains_key("1006 (no close frame)"), "a client saw 1006: {codes:?}; {:?}", log.drops);
-    assert_eq!((tally.lost, tally.duplicated, tally.out_of_order), (0, 0, 0), "{tally:?}");
+    assert_whole(&tally);
 }
 
 // 4. Redis restarted under traffic: /readyz 503 while it is down, 200 after;
@@ -259,8 +265,7 @@ async fn redis_restarted_under_traffic_loses_nothing() {
     let log = t.finish().await;
     let tally = log.check();
     eprintln!("Redis restarted under traffic: {tally:?}");
-    assert!(tally.acked > 500, "too little traffic to judge: {tally:?}");
-    assert_eq!((tally.lost, tally.duplicated, tally.out_of_order), (0, 0, 0), "{tally:?}");
+    assert_whole(&tally);
     let (mut reconnects, mut filled) = (0.0, 0.0);
     for n in c.running() {
         let r = metric(n, "parley_backplane_reconnects_total").await.unwrap_or(0.0);

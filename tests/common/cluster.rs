@@ -22,6 +22,15 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
 }
 
+/// Waits (at most 10 s) until something listens on `port`: `what` was just started.
+fn wait_listening(port: u16, what: &str) {
+    let deadline = StdInstant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(StdInstant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A `redis-server` of the test's own, on a free port, keeping nothing on disk.
 pub struct OwnRedis {
     pub port: u16,
@@ -40,11 +49,7 @@ impl OwnRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server (Debian's redis-server package)");
-        let deadline = StdInstant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(StdInstant::now() < deadline, "redis-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "redis-server");
         OwnRedis { port, child: Some(child) }
     }
 
@@ -223,11 +228,7 @@ impl Nginx {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start nginx");
-        let deadline = StdInstant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(StdInstant::now() < deadline, "nginx did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "nginx");
         Nginx { front: Server::adopt(format!("127.0.0.1:{port}"), child), _dir: dir }
     }
 }
