@@ -7,7 +7,7 @@
 //! - `rooms`    room status, presence and queue positions
 //! - `sessions` sessions coming and going, cut-offs and revocations
 //! - `deliver`  the one entry through which effects reach sessions
-//! - `cluster`  a node among several: remote effects, gaps, leases
+//! - `cluster`  a node among several: leases, presence across nodes, in-order delivery
 //! - `messages` what other actors say to the ChatServer
 //! - `state`    the plain in-memory structs and the assignment rule
 
