@@ -51,36 +51,30 @@ impl ChatServer {
                 .and_then(|c| c.transferred_from.as_ref())
                 .filter(|(_, until)| *until > now)
                 .map(|(a, _)| a.as_str());
-            let here = pick_agent(r, &self.st.agents, skip);
+            let here = pick_agent(r, &self.st.agents, skip).map(|a| (a.load() as u32, a.user.clone()));
             let elsewhere = remote
                 .iter()
                 .map(|(load, id, max)| (load + planned.get(id).copied().unwrap_or(0), id, max))
                 .filter(|(load, id, max)| load < max && Some(id.as_str()) != skip)
                 .min_by_key(|(load, id, _)| (*load, *id))
                 .map(|(load, id, _)| (load, id.clone()));
-            let here_first = match (here, &elsewhere) {
+            match (here, elsewhere) {
                 (None, None) => break,
-                (Some(a), Some((load, _))) => a.load() as u32 <= *load,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-            };
-            if here_first {
-                let user = here.map(|a| a.user.clone()).expect("chosen");
-                self.assign(&cid, user, ReplyTo::None);
-                continue;
-            }
-            let fallback = here.map(|a| a.user.clone());
-            let Some((_, remote)) = elsewhere else { break };
-            let Some(c) = self.cluster.as_mut() else { break };
-            let since = *c.left_to_peers.entry(cid.clone()).or_insert(now);
-            match fallback {
-                Some(user) if now.duration_since(since) >= ASSIGN_DEFER => {
-                    log::info!("{cid}: not assigned by the node of {remote} in time; assigned here");
-                    self.assign(&cid, user, ReplyTo::None);
-                }
-                _ => {
-                    c.recheck = true;
-                    *planned.entry(remote).or_default() += 1;
+                (Some((_, user)), None) => self.assign(&cid, user, ReplyTo::None),
+                (Some((mine, user)), Some((theirs, _))) if mine <= theirs => self.assign(&cid, user, ReplyTo::None),
+                (here, Some((_, remote))) => {
+                    let Some(c) = self.cluster.as_mut() else { break };
+                    let since = *c.left_to_peers.entry(cid.clone()).or_insert(now);
+                    match here {
+                        Some((_, user)) if now.duration_since(since) >= ASSIGN_DEFER => {
+                            log::info!("{cid}: not assigned by the node of {remote} in time; assigned here");
+                            self.assign(&cid, user, ReplyTo::None);
+                        }
+                        _ => {
+                            c.recheck = true;
+                            *planned.entry(remote).or_default() += 1;
+                        }
+                    }
                 }
             }
         }

@@ -144,8 +144,8 @@ impl ChatServer {
                 let agent = conv.agent.clone();
                 let event = json!({"name": "closed", "by": who.user});
                 let body = format!("{} closed the conversation", who.user.name);
-                let (id, place) = (&c.conversation, QueuePlace::Back);
-                self.change(id, ConvStatus::Closed, agent, None, place, event, body, reply, None);
+                let id = &c.conversation;
+                self.change(id, ConvStatus::Closed, agent, None, QueuePlace::Back, event, body, reply, None);
                 Ok(())
             }
             Request::Rate(r) => {
