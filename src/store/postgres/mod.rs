@@ -129,8 +129,10 @@ impl PgStore {
         Ok(PgStore { pool, writer: tx, rt, _runtime: holder })
     }
 
-    /// Runs a read on the store's runtime with a pooled connection.
-    fn read<T, F, Fut>(&self, f: F) -> StoreFuture<T>
+    /// Runs a query on the store's runtime with a pooled connection, beside
+    /// the group-commit writer: the reads, and the cluster's lease records
+    /// (which must not wait behind a busy writer's groups).
+    fn query<T, F, Fut>(&self, f: F) -> StoreFuture<T>
     where
         T: Send + 'static,
         F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
@@ -144,7 +146,7 @@ impl PgStore {
                 Err(_) => Err(StoreError::Unavailable("the database did not answer in time".into())),
             }
         });
-        Box::pin(async move { task.await.map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))? })
+        Box::pin(async move { task.await.map_err(|e| StoreError::Unavailable(format!("query task failed: {e}")))? })
     }
 }
 
@@ -156,7 +158,7 @@ impl Store for PgStore {
 
     fn history(&self, conversation: &str, after_seq: u64, limit: u32) -> StoreFuture<(Vec<Message>, bool)> {
         let conv = conversation.to_string();
-        self.read(move |c| async move {
+        self.query(move |c| async move {
             let sql = format!(
                 "SELECT {MSG_COLS} FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
             );
@@ -170,14 +172,14 @@ impl Store for PgStore {
 
     fn conversation(&self, id: &str) -> StoreFuture<Option<ConvRow>> {
         let id = id.to_string();
-        self.read(move |c| async move {
+        self.query(move |c| async move {
             let sql = format!("SELECT {CONV_COLS} FROM conversations WHERE id = $1");
             Ok(c.query_opt(&sql, &[&id]).await?.as_ref().map(conv_from_row))
         })
     }
 
     fn conversations(&self, f: ConvFilter) -> StoreFuture<Vec<ConvRow>> {
-        self.read(move |c| async move {
+        self.query(move |c| async move {
             let sql = format!(
                 "SELECT {CONV_COLS} FROM conversations WHERE ($1::TEXT IS NULL OR room = $1)
                  AND ($2::TEXT IS NULL OR status = $2) AND ($3::TEXT IS NULL OR customer_id = $3)
@@ -191,7 +193,7 @@ impl Store for PgStore {
 
     fn agent_by_id(&self, id: &str) -> StoreFuture<Option<AgentRow>> {
         let id = id.to_string();
-        self.read(move |c| async move {
+        self.query(move |c| async move {
             let sql = format!("SELECT {AGENT_COLS} FROM agents WHERE id = $1");
             Ok(c.query_opt(&sql, &[&id]).await?.as_ref().map(agent_from_row))
         })
@@ -199,21 +201,21 @@ impl Store for PgStore {
 
     fn agent_by_name(&self, name: &str) -> StoreFuture<Option<AgentRow>> {
         let name = name.to_string();
-        self.read(move |c| async move {
+        self.query(move |c| async move {
             let sql = format!("SELECT {AGENT_COLS} FROM agents WHERE name = $1");
             Ok(c.query_opt(&sql, &[&name]).await?.as_ref().map(agent_from_row))
         })
     }
 
     fn agents(&self) -> StoreFuture<Vec<AgentRow>> {
-        self.read(|c| async move {
+        self.query(|c| async move {
             let sql = format!("SELECT {AGENT_COLS} FROM agents ORDER BY name");
             Ok(c.query(&sql, &[]).await?.iter().map(agent_from_row).collect())
         })
     }
 
     fn open_conversations(&self) -> StoreFuture<Vec<ConvRow>> {
-        self.read(|c| async move {
+        self.query(|c| async move {
             let sql = format!("SELECT {CONV_COLS} FROM conversations WHERE status <> 'closed' ORDER BY queued_at, id");
             Ok(c.query(&sql, &[]).await?.iter().map(conv_from_row).collect())
         })
@@ -221,7 +223,7 @@ impl Store for PgStore {
 
     fn read_markers(&self, conversation: &str) -> StoreFuture<Vec<(String, u64)>> {
         let conv = conversation.to_string();
-        self.read(move |c| async move {
+        self.query(move |c| async move {
             let rows = c
                 .query("SELECT user_id, seq FROM read_markers WHERE conversation_id = $1 ORDER BY user_id", &[&conv])
                 .await?;
@@ -230,11 +232,11 @@ impl Store for PgStore {
     }
 
     fn ping(&self) -> StoreFuture<()> {
-        self.read(|c| async move { c.query_one("SELECT 1", &[]).await.map(|_| ()) })
+        self.query(|c| async move { c.query_one("SELECT 1", &[]).await.map(|_| ()) })
     }
 
     fn heartbeat(&self, beat: Heartbeat) -> StoreFuture<Vec<(String, String)>> {
-        self.read(move |mut c| async move {
+        self.query(move |mut c| async move {
             let ttl_ms = beat.ttl.as_millis() as f64;
             let tx = c.transaction().await?;
             tx.execute(
@@ -276,12 +278,12 @@ impl Store for PgStore {
     }
 
     fn cluster_id(&self) -> StoreFuture<String> {
-        self.read(|c| async move { c.query_one("SELECT id FROM cluster_meta", &[]).await.map(|r| r.get(0)) })
+        self.query(|c| async move { c.query_one("SELECT id FROM cluster_meta", &[]).await.map(|r| r.get(0)) })
     }
 
     fn release(&self, node: &str) -> StoreFuture<()> {
         let node = node.to_string();
-        self.read(
+        self.query(
             move |c| async move { c.execute("DELETE FROM cluster_nodes WHERE id = $1", &[&node]).await.map(|_| ()) },
         )
     }
