@@ -214,15 +214,7 @@ async fn run(cli: Cli) -> Result<Value, String> {
         server: cli.server,
         pid: cli.pid,
         also_pids: cli.also_pids.clone(),
-        costs: cli
-            .cost_pids
-            .iter()
-            .map(|s| match s.split_once('=') {
-                Some((n, p)) if p.starts_with("comm:") => Ok((n.to_string(), Cost::Comm(p[5..].to_string()))),
-                Some((n, p)) if p.parse::<u32>().is_ok() => Ok((n.to_string(), Cost::Pid(p.parse().unwrap_or(0)))),
-                _ => Err(format!("--cost-pids: `{s}` is not NAME=PID or NAME=comm:PROCESSNAME")),
-            })
-            .collect::<Result<_, _>>()?,
+        costs: cli.cost_pids.iter().map(|s| parse_cost(s)).collect::<Result<_, _>>()?,
         agent_servers: cli.agent_servers.clone(),
         sources: cli.sources.max(1),
         target: cli.target,
@@ -465,7 +457,6 @@ fn proc_rss_kib(pid: u32) -> Option<u64> {
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// utime + stime of a process, in seconds (USER_HZ = 100 on Linux).
 /// CPU seconds of a cost entry: one process, or (`comm:NAME`) every process
 /// of that name now (PostgreSQL's backends).
 fn cost_cpu_secs(what: &Cost) -> Option<f64> {
@@ -493,6 +484,18 @@ enum Cost {
     Comm(String),
 }
 
+/// One `--cost-pids` entry: NAME=PID or NAME=comm:PROCESSNAME.
+fn parse_cost(s: &str) -> Result<(String, Cost), String> {
+    let bad = || format!("--cost-pids: `{s}` is not NAME=PID or NAME=comm:PROCESSNAME");
+    let (name, what) = s.split_once('=').ok_or_else(bad)?;
+    let cost = match what.strip_prefix("comm:") {
+        Some(comm) => Cost::Comm(comm.to_string()),
+        None => Cost::Pid(what.parse().map_err(|_| bad())?),
+    };
+    Ok((name.to_string(), cost))
+}
+
+/// utime + stime of a process, in seconds (USER_HZ = 100 on Linux).
 fn proc_cpu_secs(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = s.rsplit_once(')')?.1;
@@ -819,23 +822,20 @@ fn rand_fraction() -> f64 {
 /// receives only its own conversation's traffic.
 async fn pair(ctx: &Ctx, i: usize, a: &AgentAccounts) -> Result<(Customer, Agent), String> {
     let token = login(ctx, &format!("{}{i}", a.agent_prefix), &a.agent_password).await?;
-    if !ctx.agent_servers.is_empty() {
+    let (c, mut ag) = if ctx.agent_servers.is_empty() {
+        let mut ag = agent(ctx, &token).await?;
+        send(&mut ag.tx, &json!({"type": "join", "room": "support", "ref": "j"})).await?;
+        until(&mut ag.rx, "room", |v| v["ref"] == "j").await?;
+        (customer(ctx, &format!("c{i}")).await?, ag)
+    } else {
         // A cluster: the customer first (through nginx), then the agent on another node.
         let c = customer(ctx, &format!("c{i}")).await?;
         let others: Vec<SocketAddr> = ctx.agent_servers.iter().copied().filter(|s| s.to_string() != c.node).collect();
         let server = others.get(i % others.len().max(1)).copied().unwrap_or(ctx.server);
         let mut ag = agent_at(ctx, server, &token).await?;
         send(&mut ag.tx, &json!({"type": "join", "room": "support", "ref": "j"})).await?;
-        let conv = c.conv.clone();
-        until(&mut ag.rx, "assignment", |v| is_assignment(v, &conv)).await?;
-        send(&mut ag.tx, &json!({"type": "leave", "room": "support", "ref": "l"})).await?;
-        until(&mut ag.rx, "leave ack", |v| v["ref"] == "l").await?;
-        return Ok((c, ag));
-    }
-    let mut ag = agent(ctx, &token).await?;
-    send(&mut ag.tx, &json!({"type": "join", "room": "support", "ref": "j"})).await?;
-    until(&mut ag.rx, "room", |v| v["ref"] == "j").await?;
-    let c = customer(ctx, &format!("c{i}")).await?;
+        (c, ag)
+    };
     let conv = c.conv.clone();
     until(&mut ag.rx, "assignment", |v| is_assignment(v, &conv)).await?;
     send(&mut ag.tx, &json!({"type": "leave", "room": "support", "ref": "l"})).await?;
