@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct Log {
     /// Acked texts: (conversation, seq) -> sender id.
     pub acked: HashMap<(String, u64), String>,
@@ -125,20 +125,8 @@ impl Traffic {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
-        Arc::try_unwrap(self.log).map(|m| m.into_inner().unwrap()).unwrap_or_else(|a| {
-            let g = a.lock().unwrap();
-            Log {
-                acked: g.acked.clone(),
-                got: g.got.clone(),
-                duplicated: g.duplicated,
-                out_of_order: g.out_of_order,
-                closes: g.closes.clone(),
-                drops: g.drops.clone(),
-                reconnects: g.reconnects.clone(),
-                customers: g.customers.clone(),
-                agents: g.agents.clone(),
-            }
-        })
+        // A participant still holding the log (one that did not stop in time) keeps it; a copy comes back.
+        Arc::try_unwrap(self.log).map(|m| m.into_inner().unwrap()).unwrap_or_else(|a| a.lock().unwrap().clone())
     }
 }
 
